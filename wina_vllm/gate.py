@@ -1,0 +1,92 @@
+"""The WINA gate, in plain torch: criterion, column scales, thresholds and masks.
+
+This is the reference the CUDA kernel must match bit for bit on the mask:
+the score of input channel ``i`` for segment ``s`` is ``float32(|x_i|) * c[s, i]``
+with ``c`` the L2 norm of weight column ``i`` of that segment (WINA) or 1 (TEAL),
+and a channel is kept when its score is ``>=`` the threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+def column_scales(
+    weight: torch.Tensor,
+    segment_sizes: Sequence[int],
+    criterion: str,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
+    """Per-segment column norms of ``weight`` ([N, K], rows are outputs) -> [S, K] float32.
+
+    ``reduce_sum`` sums the squared norms over tensor-parallel shards of the output
+    dimension (column-parallel layers), so each rank sees the norms of the full,
+    unsharded matrix. Row-parallel layers hold whole columns and pass the identity.
+    """
+    k = weight.shape[1]
+    if criterion == "teal":
+        return torch.ones(len(segment_sizes), k, dtype=torch.float32, device=weight.device)
+    if criterion != "wina":
+        raise ValueError(f"criterion: got {criterion!r}; accepted: 'wina' or 'teal'")
+    squares = torch.stack([
+        part.to(torch.float64).square().sum(dim=0)
+        for part in torch.split(weight, list(segment_sizes), dim=0)
+    ])
+    return reduce_sum(squares).sqrt().to(torch.float32)
+
+
+def scores(x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[M, K] activations and [S, K] scales -> [M, S, K] float32 scores."""
+    return x.abs().to(torch.float32).unsqueeze(1) * scales.unsqueeze(0)
+
+
+def keep_counts(k: int, sparsities: Sequence[float]) -> list[int]:
+    """Channels kept per segment for top-k gating at the given sparsities."""
+    return [min(k, max(0, round((1.0 - s) * k))) for s in sparsities]
+
+
+def topk_thresholds(score: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
+    """[M, S, K] scores -> [M, S] k-th largest score per token and segment.
+
+    Keeping ``score >= threshold`` then keeps exactly ``keep[s]`` channels unless
+    scores tie. ``keep == 0`` gives +inf (nothing kept), ``keep >= K`` gives 0.
+    """
+    m, s, k = score.shape
+    out = torch.empty(m, s, dtype=torch.float32, device=score.device)
+    for j, n_keep in enumerate(keep):
+        if n_keep <= 0:
+            out[:, j] = float("inf")
+        elif n_keep >= k:
+            out[:, j] = 0.0
+        else:
+            out[:, j] = torch.topk(score[:, j], n_keep, dim=-1, sorted=True).values[:, -1]
+    return out
+
+
+def gate_mask(score: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """[M, S, K] scores and [M, S] (or [S]) thresholds -> [M, S, K] keep mask."""
+    if thresholds.dim() == 1:
+        thresholds = thresholds.unsqueeze(0)
+    return score >= thresholds.unsqueeze(-1)
+
+
+def masked_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    seg_ends: Sequence[int],
+) -> torch.Tensor:
+    """y[:, seg s] = (x * mask[:, s]) @ weight_t[:, seg s] (+ bias), in x's dtype."""
+    n = seg_ends[-1]
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    start = 0
+    for j, end in enumerate(seg_ends):
+        xm = torch.where(mask[:, j], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        out[:, start:end] = xm @ weight_t[:, start:end]
+        start = end
+    if bias is not None:
+        out += bias
+    return out

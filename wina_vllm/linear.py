@@ -1,0 +1,102 @@
+"""WinaLinearMethod: the gated linear for one attention or MLP projection.
+
+Architecture: ``create_weights`` makes the usual ``[N, K]`` weight so vLLM's
+loaders (TP sharding, fused q/k/v and gate/up shards) work unchanged.
+``process_weights_after_loading`` computes the column norms of the full,
+unsharded matrix per fused projection, then replaces the weight by its
+input-major transpose ``[K, ldw]`` (``ldw`` = N rounded up to 8). ``apply`` only
+calls ``torch.ops.wina.sparse_linear``; the op decides dense or sparse.
+
+Constraints: column norms are all-reduced over TP for column-parallel layers
+(qkv, gate_up); row-parallel layers (o, down) hold whole columns.
+
+Limitations: in top-k mode under TP > 1, row-parallel layers pick the top-k of
+their own input shard (k/tp each); threshold mode is exactly shard-invariant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from wina_vllm import gate, ops
+from wina_vllm.compat import (
+    LinearMethodBase,
+    ModelWeightParameter,
+    RowParallelLinear,
+    all_reduce_sum,
+    set_weight_attrs,
+)
+from wina_vllm.layers import TargetLinear
+
+if TYPE_CHECKING:
+    from wina_vllm.config import WinaConfig
+
+
+class WinaLinearMethod(LinearMethodBase):
+    """Gated linear for the projections of one fused vLLM linear."""
+
+    def __init__(self, config: "WinaConfig", target: TargetLinear, sparsities: list[float]):
+        self.config = config
+        self.target = target
+        self.sparsities = sparsities
+
+    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
+                       output_partition_sizes: list[int], input_size: int, output_size: int,
+                       params_dtype: torch.dtype, **extra_weight_attrs) -> None:
+        if len(output_partition_sizes) != len(self.target.projections):
+            raise ValueError(
+                f"wina: {self.target.name} of layer {self.target.layer_index} has "
+                f"{len(output_partition_sizes)} output parts, expected one per projection "
+                f"{self.target.projections}")
+        weight_loader = extra_weight_attrs.pop("weight_loader")
+        weight = ModelWeightParameter(
+            data=torch.empty(sum(output_partition_sizes), input_size_per_partition,
+                             dtype=params_dtype),
+            input_dim=1, output_dim=0, weight_loader=weight_loader)
+        layer.register_parameter("weight", weight)
+        set_weight_attrs(weight, extra_weight_attrs)
+        layer.wina_segment_sizes = list(output_partition_sizes)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        settings = self.config.settings
+        w = layer.weight.data
+        n, k = w.shape
+        sizes = layer.wina_segment_sizes
+        reduce = (lambda t: t) if isinstance(layer, RowParallelLinear) else all_reduce_sum
+        norms = gate.column_scales(w, sizes, "wina", reduce)
+        self.config.check_signature(self.target, norms)
+        scales = norms if settings.criterion == "wina" else torch.ones_like(norms)
+        thresholds = torch.tensor(self.config.thresholds(self.target), dtype=torch.float32,
+                                  device=w.device)
+
+        ldw = -(-n // 8) * 8
+        weight_t = torch.zeros(k, ldw, dtype=w.dtype, device=w.device)
+        weight_t[:, :n] = w.t()
+        del w
+        layer.weight = torch.nn.Parameter(weight_t, requires_grad=False)
+
+        seg_ends = torch.tensor(sizes).cumsum(0).tolist()
+        layer.register_buffer("wina_scale", scales.contiguous(), persistent=False)
+        layer.register_buffer("wina_thresholds", thresholds, persistent=False)
+        layer.register_buffer("wina_stats", torch.zeros(len(sizes), 2, dtype=torch.int64,
+                                                        device=weight_t.device), persistent=False)
+        layer.register_buffer("wina_workspace", torch.zeros(
+            ops.workspace_size(seg_ends), dtype=torch.int32, device=weight_t.device),
+            persistent=False)
+        layer.wina_seg_ends = seg_ends
+        layer.wina_keep = gate.keep_counts(k, self.sparsities)
+        layer.wina_projections = self.target.projections
+        self.config.report_ready(self.target, self.sparsities)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+        settings = self.config.settings
+        lead = x.shape[:-1]
+        y = torch.ops.wina.sparse_linear(
+            x.reshape(-1, x.shape[-1]), layer.weight, bias, layer.wina_scale,
+            layer.wina_thresholds, layer.wina_stats, layer.wina_workspace, layer.wina_seg_ends,
+            layer.wina_keep, settings.mode == "topk", settings.max_sparse_batch,
+            settings.prefill == "sparse")
+        return y.reshape(*lead, y.shape[-1])

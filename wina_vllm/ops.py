@@ -1,0 +1,100 @@
+"""The ``wina::sparse_linear`` custom op: one gated linear, dense or sparse by batch size.
+
+Architecture: a torch custom op with a device-agnostic reference implementation
+(used on the CPU), a CUDA implementation that calls the fused gate + sparse GEMV
+kernel for up to ``max_sparse_batch`` tokens, and a fake implementation for
+torch.compile. The sparse-or-dense choice is made inside the op from the token
+count, so a CUDA graph captured for one batch size replays the right path.
+
+Constraints: ``weight_t`` is stored input-major, ``[K, ldw]`` with ``ldw`` the
+output width rounded up to 8 (zero padded), so a kept input channel is one
+contiguous row. ``seg_ends`` are the cumulative output widths of the projections
+fused in the layer (q/k/v or gate/up), each with its own gate.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from wina_vllm import gate
+
+
+def dense_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor],
+                 n: int) -> torch.Tensor:
+    """The dense product on the input-major layout (prefill and large batches)."""
+    w = weight_t[:, :n]
+    return torch.addmm(bias, x, w) if bias is not None else torch.mm(x, w)
+
+
+def reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends, keep,
+                            topk):
+    """Gate with torch ops, then the masked product; counts kept channels into ``stats``."""
+    score = gate.scores(x, col_scale)
+    thr = gate.topk_thresholds(score, keep) if topk else thresholds
+    mask = gate.gate_mask(score, thr)
+    stats[:, 0] += mask.sum(dim=(0, 2))
+    stats[:, 1] += mask.shape[0] * mask.shape[2]
+    return gate.masked_linear(x, weight_t, bias, mask, seg_ends)
+
+
+def workspace_size(seg_ends: list[int]) -> int:
+    """Int32 counters the CUDA kernel may use for a layer (one per 8 output columns)."""
+    total, start = 0, 0
+    for end in seg_ends:
+        total += -(-(end - (start // 8) * 8) // 8)
+        start = end
+    return total
+
+
+@torch.library.custom_op("wina::sparse_linear", mutates_args=("stats", "workspace"))
+def sparse_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    col_scale: torch.Tensor,
+    thresholds: torch.Tensor,
+    stats: torch.Tensor,
+    workspace: torch.Tensor,
+    seg_ends: list[int],
+    keep: list[int],
+    topk: bool,
+    max_sparse_batch: int,
+    sparse_large_batch: bool,
+) -> torch.Tensor:
+    """WINA-gated ``x @ weight_t[:, :N] + bias``.
+
+    x: [M, K]; weight_t: [K, ldw]; bias: [N] or None; col_scale: [S, K] float32;
+    thresholds: [S] float32 (threshold mode); stats: [S, 2] int64, adds
+    (kept, seen) channel counts of sparse calls; workspace: [workspace_size] int32
+    zeros, counters the CUDA kernel leaves zero again; seg_ends: S cumulative widths,
+    N = seg_ends[-1]; keep: channels kept per segment (top-k mode, ``topk``).
+    Steps of more than ``max_sparse_batch`` tokens run dense unless
+    ``sparse_large_batch`` (sparse prefill, for accuracy evaluation).
+    """
+    if x.shape[0] == 0 or (x.shape[0] > max_sparse_batch and not sparse_large_batch):
+        return dense_linear(x, weight_t, bias, seg_ends[-1])
+    return reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends,
+                                   keep, topk)
+
+
+@sparse_linear.register_fake
+def _sparse_linear_fake(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep, topk,
+                        max_sparse_batch, sparse_large_batch):
+    return x.new_empty(x.shape[0], seg_ends[-1])
+
+
+@sparse_linear.register_kernel("cuda")
+def _sparse_linear_cuda(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
+                        keep, topk, max_sparse_batch, sparse_large_batch):
+    from wina_vllm import kernels
+
+    m = x.shape[0]
+    if 0 < m <= max_sparse_batch:
+        return kernels.sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace,
+                                   seg_ends, keep, topk)
+    if m == 0 or not sparse_large_batch:
+        return dense_linear(x, weight_t, bias, seg_ends[-1])
+    return reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends,
+                                   keep, topk)

@@ -1,0 +1,119 @@
+"""WINA settings: parsed and validated in one place.
+
+Users pass them as ``--additional-config '{"wina": {...}}'``; vLLM keeps them in
+``VllmConfig.additional_config``. Everything else in the package receives a
+validated :class:`WinaSettings` and never looks at the raw dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PROJECTIONS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+CRITERIA: tuple[str, ...] = ("wina", "teal")
+MODES: tuple[str, ...] = ("topk", "threshold")
+PREFILL: tuple[str, ...] = ("dense", "sparse")
+DEFAULT_MAX_SPARSE_BATCH = 8
+MAX_KERNEL_BATCH = 8  # the CUDA kernel is instantiated for 1..8 tokens
+
+
+@dataclass(frozen=True)
+class WinaSettings:
+    """Validated WINA settings (see README, "Settings")."""
+
+    sparsity: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROJECTIONS, 0.5))
+    criterion: str = "wina"
+    mode: str = "topk"
+    calibration: str | None = None
+    skip_layers: tuple[int, ...] = ()
+    prefill: str = "dense"
+    max_sparse_batch: int = DEFAULT_MAX_SPARSE_BATCH
+
+    def sparsity_of(self, projection: str) -> float:
+        return self.sparsity[projection]
+
+
+_KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
+         "max_sparse_batch")
+
+
+def _fail(key: str, value: Any, accepted: str) -> ValueError:
+    return ValueError(f"wina setting {key!r}: got {value!r}; accepted: {accepted}")
+
+
+def _parse_fraction(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, value, "a number in [0, 1)")
+    value = float(value)
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise _fail(key, value, "a number in [0, 1)")
+    return value
+
+
+def _parse_sparsity(value: Any) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(PROJECTIONS))
+        if unknown:
+            raise _fail("sparsity", dict(value), f"a mapping with keys among {list(PROJECTIONS)} "
+                        f"(unknown: {unknown})")
+        return {p: _parse_fraction(f"sparsity.{p}", value.get(p, 0.0)) for p in PROJECTIONS}
+    return dict.fromkeys(PROJECTIONS, _parse_fraction("sparsity", value))
+
+
+def _parse_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(key, value, " or ".join(repr(c) for c in choices))
+    return value
+
+
+def _parse_skip_layers(value: Any) -> tuple[int, ...]:
+    accepted = "a list of decoder-layer indices (non-negative integers)"
+    if not isinstance(value, (list, tuple)):
+        raise _fail("skip_layers", value, accepted)
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise _fail("skip_layers", value, accepted)
+    return tuple(sorted(set(value)))
+
+
+def parse_settings(raw: Mapping[str, Any] | None) -> WinaSettings:
+    """Validate the ``additional_config["wina"]`` mapping; raise ValueError naming the bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _fail("wina", raw, "a JSON object of settings")
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"unknown wina setting(s) {unknown}; accepted keys: {list(_KEYS)}")
+
+    mode = _parse_choice("mode", raw.get("mode", "topk"), MODES)
+    calibration = raw.get("calibration")
+    if calibration is not None and (not isinstance(calibration, str) or not calibration):
+        raise _fail("calibration", calibration, "a path to a calibration file (string)")
+    if mode == "threshold" and calibration is None:
+        raise _fail("calibration", None, "a calibration file path, required when mode is "
+                    "'threshold' (make one with `wina-vllm calibrate`)")
+    if mode == "threshold" and "sparsity" in raw:
+        raise _fail("sparsity", raw["sparsity"], "no sparsity in mode 'threshold': the "
+                    "calibration file sets it (per layer and projection)")
+    if mode == "topk" and calibration is not None:
+        raise _fail("calibration", calibration, "no calibration file in mode 'topk' "
+                    "(thresholds are only used in mode 'threshold')")
+
+    max_sparse_batch = raw.get("max_sparse_batch", DEFAULT_MAX_SPARSE_BATCH)
+    if (isinstance(max_sparse_batch, bool) or not isinstance(max_sparse_batch, int)
+            or not 0 <= max_sparse_batch <= MAX_KERNEL_BATCH):
+        raise _fail("max_sparse_batch", max_sparse_batch,
+                    f"an integer in [0, {MAX_KERNEL_BATCH}] (0 runs every step dense)")
+
+    return WinaSettings(
+        sparsity=_parse_sparsity(raw.get("sparsity", 0.5)),
+        criterion=_parse_choice("criterion", raw.get("criterion", "wina"), CRITERIA),
+        mode=mode,
+        calibration=calibration,
+        skip_layers=_parse_skip_layers(raw.get("skip_layers", [])),
+        prefill=_parse_choice("prefill", raw.get("prefill", "dense"), PREFILL),
+        max_sparse_batch=max_sparse_batch,
+    )
