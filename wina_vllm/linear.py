@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wina_vllm import gate, ops
+from wina_vllm import gate
 from wina_vllm.compat import (
     LinearMethodBase,
     ModelWeightParameter,
@@ -29,6 +29,7 @@ from wina_vllm.compat import (
     set_weight_attrs,
 )
 from wina_vllm.layers import TargetLinear
+from wina_vllm.packing import pack_linear
 
 if TYPE_CHECKING:
     from wina_vllm.config import WinaConfig
@@ -60,32 +61,19 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_segment_sizes = list(output_partition_sizes)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        settings = self.config.settings
-        w = layer.weight.data
-        n, k = w.shape
-        sizes = layer.wina_segment_sizes
         reduce = (lambda t: t) if isinstance(layer, RowParallelLinear) else all_reduce_sum
-        norms = gate.column_scales(w, sizes, "wina", reduce)
-        self.config.check_signature(self.target, norms)
-        scales = norms if settings.criterion == "wina" else torch.ones_like(norms)
-        thresholds = torch.tensor(self.config.thresholds(self.target), dtype=torch.float32,
-                                  device=w.device)
-
-        ldw = -(-n // 8) * 8
-        weight_t = torch.zeros(k, ldw, dtype=w.dtype, device=w.device)
-        weight_t[:, :n] = w.t()
-        del w
-        layer.weight = torch.nn.Parameter(weight_t, requires_grad=False)
-
-        seg_ends = torch.tensor(sizes).cumsum(0).tolist()
-        layer.register_buffer("wina_scale", scales.contiguous(), persistent=False)
-        layer.register_buffer("wina_thresholds", thresholds, persistent=False)
-        layer.register_buffer("wina_stats", torch.zeros(len(sizes), 2, dtype=torch.int64,
-                                                        device=weight_t.device), persistent=False)
-        layer.register_buffer("wina_workspace", torch.zeros(
-            ops.workspace_size(seg_ends), dtype=torch.int32, device=weight_t.device),
-            persistent=False)
-        layer.wina_seg_ends = seg_ends
+        packed = pack_linear(layer.weight.data, layer.wina_segment_sizes,
+                             self.config.settings.criterion, reduce)
+        self.config.check_signature(self.target, packed.norms)
+        k = packed.weight_t.shape[0]
+        layer.weight = torch.nn.Parameter(packed.weight_t, requires_grad=False)
+        layer.register_buffer("wina_scale", packed.scale, persistent=False)
+        layer.register_buffer("wina_thresholds", torch.tensor(
+            self.config.thresholds(self.target), dtype=torch.float32,
+            device=packed.weight_t.device), persistent=False)
+        layer.register_buffer("wina_stats", packed.stats, persistent=False)
+        layer.register_buffer("wina_workspace", packed.workspace, persistent=False)
+        layer.wina_seg_ends = packed.seg_ends
         layer.wina_keep = gate.keep_counts(k, self.sparsities)
         layer.wina_projections = self.target.projections
         self.config.report_ready(self.target, self.sparsities)

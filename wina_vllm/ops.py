@@ -91,7 +91,7 @@ def _sparse_linear_cuda(x, weight_t, bias, col_scale, thresholds, stats, workspa
     from wina_vllm import kernels
 
     m = x.shape[0]
-    if 0 < m <= max_sparse_batch:
+    if 0 < m <= max_sparse_batch and x.dtype in kernels.DTYPES:
         return kernels.sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace,
                                    seg_ends, keep, topk)
     if m == 0 or not sparse_large_batch:

@@ -1,0 +1,172 @@
+"""The CUDA op against float64 references: masks, outputs, stats, CUDA graphs.
+
+Skipped without CUDA. Every case draws fresh random inputs, and outputs are
+poisoned (NaN left in the allocator's block the op's output reuses) before calls.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from wina_vllm import gate, ops
+from wina_vllm.packing import pack_linear
+from wina_vllm.shapes import all_shapes
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU")]
+
+SHAPES = all_shapes()
+TOKENS = list(range(1, 9))
+SPARSITIES = [0.0, 0.25, 0.5, 0.65, 0.9]
+# bf16 operands with fp32 accumulation land between 1e-3 and 1e-2 (output rounding).
+DTYPES = [(torch.bfloat16, 1e-2), (torch.float16, 5e-3)]
+
+
+def _poison(m: int, n: int, dtype: torch.dtype) -> None:
+    """Leave NaN in the allocator block an [m, n] output will reuse."""
+    t = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    del t
+
+
+def _calibrated_thresholds(packed, k: int, sparsity: float, dtype) -> torch.Tensor:
+    """Per-segment thresholds at the sparsity's quantile of scores of other random tokens."""
+    sample = torch.randn(64, k, device="cuda", dtype=dtype)
+    score = gate.scores(sample, packed.scale)  # [64, S, K]
+    return torch.stack([torch.quantile(score[:, s].flatten()[:1 << 20].float(), sparsity)
+                        for s in range(score.shape[1])]).float()
+
+
+def _call(x, packed, bias, thresholds, keep, topk):
+    return torch.ops.wina.sparse_linear(x, packed.weight_t, bias, packed.scale, thresholds,
+                                        packed.stats, packed.workspace, packed.seg_ends, keep,
+                                        topk, 8, False)
+
+
+def _reference(x, weight, bias, mask, seg_ends):
+    ref = torch.empty(x.shape[0], seg_ends[-1], dtype=torch.float64, device=x.device)
+    start = 0
+    for s, end in enumerate(seg_ends):
+        xm = torch.where(mask[:, s], x, 0).double()
+        ref[:, start:end] = xm @ weight[start:end].double().t()
+        start = end
+    return ref + bias.double() if bias is not None else ref
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("name,k,segments", SHAPES, ids=[s[0] for s in SHAPES])
+def test_sparse_gemv_matches_float64(name, k, segments, sparsity):
+    torch.manual_seed(zlib.crc32(f"{name}{sparsity}".encode()))
+    for dtype, tol in DTYPES:
+        n = sum(segments)
+        weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+        bias = torch.randn(n, device="cuda", dtype=dtype) if "qkv" in name else None
+        packed = pack_linear(weight, segments, "wina")
+        keep = gate.keep_counts(k, [sparsity] * len(segments))
+        thresholds = _calibrated_thresholds(packed, k, sparsity, dtype)
+        for m in TOKENS:
+            for topk in (True, False):
+                x = torch.randn(m, k, device="cuda", dtype=dtype)
+                score = gate.scores(x, packed.scale)
+                thr = gate.topk_thresholds(score, keep) if topk else thresholds
+                mask = gate.gate_mask(score, thr)
+                packed.stats.zero_()
+                _poison(m, n, dtype)
+                out = _call(x, packed, bias, thresholds, keep, topk)
+                torch.cuda.synchronize()
+                assert not out.isnan().any(), f"{name} m={m}: unwritten outputs"
+                ref = _reference(x, weight, bias, mask, packed.seg_ends)
+                err = ((out.double() - ref).norm() / ref.norm()).item()
+                assert err <= tol, f"{name} {dtype} m={m} topk={topk}: rel err {err:.2e}"
+                assert packed.stats[:, 0].tolist() == mask.sum(dim=(0, 2)).tolist()
+                assert packed.stats[:, 1].tolist() == [m * k] * len(segments)
+                assert not packed.workspace.any(), "arrival counters must return to zero"
+
+
+@pytest.mark.parametrize("k", [576, 4096, 4100, 14336])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_mask_equals_cpu_reference(k, dtype):
+    """With an identity weight the output is x * mask: the kernel's mask, exactly."""
+    torch.manual_seed(k)
+    packed = pack_linear(torch.eye(k, device="cuda", dtype=dtype), [k], "wina")
+    packed.scale.copy_(torch.rand(1, k, device="cuda") + 0.5)  # non-trivial column scales
+    for m in TOKENS:
+        for sparsity in SPARSITIES:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            keep = gate.keep_counts(k, [sparsity])
+            out = _call(x, packed, None, torch.zeros(1, device="cuda"), keep, True)
+            score_cpu = gate.scores(x.cpu(), packed.scale.cpu())
+            mask_cpu = gate.gate_mask(score_cpu, gate.topk_thresholds(score_cpu, keep))[:, 0]
+            kernel_mask = out.cpu() != 0
+            assert torch.equal(kernel_mask, mask_cpu & (x.cpu() != 0)), f"m={m} s={sparsity}"
+            assert torch.equal(out.cpu(), torch.where(mask_cpu, x.cpu(), 0))
+
+
+def test_topk_thresholds_are_exact_kth_values():
+    torch.manual_seed(0)
+    for k in (576, 4096, 14336):
+        scale = torch.rand(3, k, device="cuda") + 0.1
+        for m in TOKENS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            keep = [k // 2, k // 4, 1]
+            from wina_vllm import kernels
+            got = kernels.topk_thresholds(x, scale, keep)
+            want = gate.topk_thresholds(gate.scores(x, scale), keep)
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("topk", [True, False])
+def test_cuda_graph_replay(topk):
+    torch.manual_seed(1)
+    k, segments = 4096, (4096, 1024, 1024)
+    weight = torch.randn(sum(segments), k, device="cuda", dtype=torch.bfloat16) / 64
+    packed = pack_linear(weight, segments, "wina")
+    keep = gate.keep_counts(k, [0.5] * 3)
+    thresholds = _calibrated_thresholds(packed, k, 0.5, torch.bfloat16)
+    for m in (1, 4, 8):
+        static_x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        _call(static_x, packed, None, thresholds, keep, topk)  # warm up (and build)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = _call(static_x, packed, None, thresholds, keep, topk)
+        for _ in range(3):
+            static_x.copy_(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+            static_out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            score = gate.scores(static_x, packed.scale)
+            mask = gate.gate_mask(score, gate.topk_thresholds(score, keep) if topk else thresholds)
+            ref = _reference(static_x, weight, None, mask, packed.seg_ends)
+            err = ((static_out.double() - ref).norm() / ref.norm()).item()
+            assert err <= 1e-2
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(2)
+    k, segments = 1536, (576,)
+    weight = torch.randn(576, k, device="cuda", dtype=torch.bfloat16) / 40
+    packed = pack_linear(weight, segments, "teal")
+    keep = gate.keep_counts(k, [0.5])
+    thr = torch.zeros(1, device="cuda")
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        return _call(x, packed, None, thr, keep, True) * 2
+
+    x = torch.randn(3, k, device="cuda", dtype=torch.bfloat16)
+    torch.testing.assert_close(f(x), 2 * _call(x, packed, None, thr, keep, True),
+                               rtol=0, atol=0)  # same kernel, deterministic reduction
+
+
+def test_large_batch_runs_dense_on_stored_layout():
+    torch.manual_seed(3)
+    k, n = 4096, 4096
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64
+    packed = pack_linear(weight, [n], "wina")
+    x = torch.randn(64, k, device="cuda", dtype=torch.bfloat16)
+    out = _call(x, packed, None, torch.zeros(1, device="cuda"), [k // 2], True)
+    torch.testing.assert_close(out, ops.dense_linear(x, packed.weight_t, None, n),
+                               rtol=0, atol=0)
+    assert packed.stats.sum() == 0, "dense steps count no gated channels"

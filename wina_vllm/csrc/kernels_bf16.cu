@@ -1,0 +1,15 @@
+// Instantiations for __nv_bfloat16 (one file per dtype so ninja compiles them in parallel).
+#include "topk_thresholds.cuh"
+
+namespace wina {
+template void launch_sparse_gemv<__nv_bfloat16, 1>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 2>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 3>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 4>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 5>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 6>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 7>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 8>(const SparseGemvParams&, cudaStream_t);
+template void launch_topk_thresholds<__nv_bfloat16>(const void*, const float*, const SegmentKeep&, float*,
+                                          int, int, int, cudaStream_t);
+}  // namespace wina

@@ -1,0 +1,15 @@
+// Instantiations for __half (one file per dtype so ninja compiles them in parallel).
+#include "topk_thresholds.cuh"
+
+namespace wina {
+template void launch_sparse_gemv<__half, 1>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 2>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 3>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 4>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 5>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 6>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 7>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 8>(const SparseGemvParams&, cudaStream_t);
+template void launch_topk_thresholds<__half>(const void*, const float*, const SegmentKeep&, float*,
+                                          int, int, int, cudaStream_t);
+}  // namespace wina
