@@ -58,10 +58,10 @@ def graph_time_us(calls: list, warmup: int = 3, reps: int = 30) -> float:
 
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write counted)."""
-    a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    a = torch.randn(256 << 20, device="cuda")  # 1 GiB
     b = torch.empty_like(a)
-    t = graph_time_us([lambda: b.copy_(a)] * 4)
-    return 2 * a.numel() / (t * 1e-6)
+    t = graph_time_us([lambda: b.copy_(a)] * 8, warmup=20, reps=50)
+    return 2 * a.numel() * a.element_size() / (t * 1e-6)
 
 
 def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) -> list[dict]:

@@ -10,6 +10,14 @@ template void launch_sparse_gemv<__half, 5>(const SparseGemvParams&, cudaStream_
 template void launch_sparse_gemv<__half, 6>(const SparseGemvParams&, cudaStream_t);
 template void launch_sparse_gemv<__half, 7>(const SparseGemvParams&, cudaStream_t);
 template void launch_sparse_gemv<__half, 8>(const SparseGemvParams&, cudaStream_t);
+template int sparse_gemv_blocks_per_sm<__half, 1>();
+template int sparse_gemv_blocks_per_sm<__half, 2>();
+template int sparse_gemv_blocks_per_sm<__half, 3>();
+template int sparse_gemv_blocks_per_sm<__half, 4>();
+template int sparse_gemv_blocks_per_sm<__half, 5>();
+template int sparse_gemv_blocks_per_sm<__half, 6>();
+template int sparse_gemv_blocks_per_sm<__half, 7>();
+template int sparse_gemv_blocks_per_sm<__half, 8>();
 template void launch_topk_thresholds<__half>(const void*, const float*, const SegmentKeep&, float*,
                                           int, int, int, cudaStream_t);
 }  // namespace wina

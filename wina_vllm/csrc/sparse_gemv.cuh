@@ -194,16 +194,39 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   if (!s_last) return;
   __threadfence();
   if (col_valid) {
+    // Chunks are summed in order (deterministic), 8 loads in flight per round trip.
+    const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTileN;
+    const float* src = p.partial + static_cast<size_t>(tile) * M * kTileN + threadIdx.x;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float v = 0.f;
-      for (int c = 0; c < p.chunks; ++c)
-        v += __ldcg(p.partial + ((static_cast<size_t>(c) * tiles + tile) * M + m) * kTileN +
-                    threadIdx.x);
+      int c = 0;
+      for (; c + 8 <= p.chunks; c += 8) {
+        float part8[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) part8[j] = __ldcg(src + (c + j) * chunk_stride + m * kTileN);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v += part8[j];
+      }
+      for (; c < p.chunks; ++c) v += __ldcg(src + c * chunk_stride + m * kTileN);
       out[static_cast<size_t>(m) * p.N + col] = Vec<T>::from_float(v + b);
     }
   }
   if (threadIdx.x == 0) p.counters[tile] = 0;
+}
+
+// Resident blocks per SM of one instance at its largest shared memory (cached).
+template <typename T, int M>
+int sparse_gemv_blocks_per_sm() {
+  static int blocks = 0;
+  if (blocks == 0) {
+    const size_t smem = kMaxChunkRows * (sizeof(int) + M * sizeof(float));
+    cudaFuncSetAttribute(sparse_gemv_kernel<T, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(kMaxChunkRows * (sizeof(int) + kMaxTokens * sizeof(float))));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sparse_gemv_kernel<T, M>, kThreads, smem);
+    if (blocks < 1) blocks = 1;
+  }
+  return blocks;
 }
 
 template <typename T, int M>
@@ -211,12 +234,7 @@ void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream) {
   const size_t list_bytes = static_cast<size_t>(p.chunk_rows) * (sizeof(int) + M * sizeof(float));
   const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
   const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
-  static bool attr_set = false;  // per template instance; the limit only grows past 48 KB
-  if (!attr_set) {
-    cudaFuncSetAttribute(sparse_gemv_kernel<T, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(kMaxChunkRows * (sizeof(int) + kMaxTokens * sizeof(float))));
-    attr_set = true;
-  }
+  sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
   const dim3 grid(p.tile_begin[p.num_segments], p.chunks);
   sparse_gemv_kernel<T, M><<<grid, kThreads, smem, stream>>>(p);
 }

@@ -37,6 +37,9 @@ struct SparseGemvParams {
 template <typename T, int M>
 void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream);
 
+template <typename T, int M>
+int sparse_gemv_blocks_per_sm();
+
 // Per-token k-th largest score per segment (top-k mode): thr[m, s].
 struct SegmentKeep {
   int k[kMaxSegments];  // channels kept per segment

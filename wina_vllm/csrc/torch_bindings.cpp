@@ -1,5 +1,6 @@
 // Torch bindings of the WINA CUDA kernels: schemas, checks and launch geometry.
 // Loaded with torch.ops.load_library; registers torch.ops.wina_C.{sparse_gemv, topk_thresholds}.
+#include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -52,24 +53,26 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
   return thr;
 }
 
+// The kernel instance for M tokens: launch it (stream) or report its occupancy (no stream).
 template <typename T>
-void dispatch_tokens(int M, const SparseGemvParams& p, cudaStream_t stream) {
+int dispatch_tokens(int M, const SparseGemvParams* p, cudaStream_t stream) {
+#define WINA_CASE(m)                                                     \
+  case m:                                                                \
+    if (p == nullptr) return sparse_gemv_blocks_per_sm<T, m>();          \
+    launch_sparse_gemv<T, m>(*p, stream);                                \
+    return 0;
   switch (M) {
-    case 1: return launch_sparse_gemv<T, 1>(p, stream);
-    case 2: return launch_sparse_gemv<T, 2>(p, stream);
-    case 3: return launch_sparse_gemv<T, 3>(p, stream);
-    case 4: return launch_sparse_gemv<T, 4>(p, stream);
-    case 5: return launch_sparse_gemv<T, 5>(p, stream);
-    case 6: return launch_sparse_gemv<T, 6>(p, stream);
-    case 7: return launch_sparse_gemv<T, 7>(p, stream);
-    default: return launch_sparse_gemv<T, 8>(p, stream);
+    WINA_CASE(1) WINA_CASE(2) WINA_CASE(3) WINA_CASE(4)
+    WINA_CASE(5) WINA_CASE(6) WINA_CASE(7) WINA_CASE(8)
   }
+#undef WINA_CASE
+  return 0;
 }
 
-// Rows per block along K: enough blocks to fill the GPU (about 4 per SM), whole
-// multiples of 64 rows (8 per warp), at most kMaxChunkRows.
-void choose_chunks(SparseGemvParams& p, int tiles, int num_sms) {
-  const int wanted = std::max(1, (4 * num_sms + tiles - 1) / tiles);
+// Rows per block along K: as many blocks as fit on the GPU at once (one wave, no
+// tail of a second), whole multiples of 64 rows (8 per warp), at most kMaxChunkRows.
+void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks) {
+  const int wanted = std::max(1, resident_blocks / tiles);
   int rows = (p.K + wanted - 1) / wanted;
   rows = std::min(kMaxChunkRows, std::max(64, (rows + 63) / 64 * 64));
   p.chunk_rows = rows;
@@ -129,7 +132,10 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   p.tile_begin[S] = tiles;
   WINA_CHECK(workspace.numel() >= tiles, "workspace has ", workspace.numel(),
              " counters, this layer needs ", tiles);
-  choose_chunks(p, tiles, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, nullptr)
+                          : dispatch_tokens<__half>(M, nullptr, nullptr);
+  choose_chunks(p, tiles, per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor partial;
@@ -141,11 +147,11 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   p.scale = scale.data_ptr<float>(); p.thr = thresholds.data_ptr<float>();
   p.partial = p.chunks > 1 ? partial.data_ptr<float>() : nullptr;
   p.counters = workspace.data_ptr<int>();
-  p.stats = stats.data_ptr<int64_t>();
+  p.stats = reinterpret_cast<long long*>(stats.data_ptr<int64_t>());
 
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (x.scalar_type() == at::kBFloat16) dispatch_tokens<__nv_bfloat16>(M, p, stream);
-  else dispatch_tokens<__half>(M, p, stream);
+  if (bf16) dispatch_tokens<__nv_bfloat16>(M, &p, stream);
+  else dispatch_tokens<__half>(M, &p, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
