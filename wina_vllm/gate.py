@@ -80,13 +80,11 @@ def masked_linear(
     seg_ends: Sequence[int],
 ) -> torch.Tensor:
     """y[:, seg s] = (x * mask[:, s]) @ weight_t[:, seg s] (+ bias), in x's dtype."""
-    n = seg_ends[-1]
-    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    start = 0
+    parts, start = [], 0
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     for j, end in enumerate(seg_ends):
-        xm = torch.where(mask[:, j], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        out[:, start:end] = xm @ weight_t[:, start:end]
+        xm = torch.where(mask[:, j], x, zero)
+        w = weight_t[:, start:end]
+        parts.append(torch.mm(xm, w) if bias is None else torch.addmm(bias[start:end], xm, w))
         start = end
-    if bias is not None:
-        out += bias
-    return out
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

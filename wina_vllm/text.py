@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import warnings
 
 _SKIP_PREFIXES = ("_", "test", "idlelib", "tkinter", "turtle", "lib2to3", "ensurepip", "this",
                   "antigravity", "pydoc_data", "venv", "xxsubtype")
@@ -21,7 +22,9 @@ def stdlib_prose(min_chars: int = 200_000) -> str:
     total = 0
     for name in names:
         try:
-            module = importlib.import_module(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecated modules still have good prose
+                module = importlib.import_module(name)
         except Exception:  # platform-specific modules fail to import; they add nothing here
             continue
         members = [v for _, v in sorted(vars(module).items())

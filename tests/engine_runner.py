@@ -1,0 +1,42 @@
+"""Run one vllm engine in this process and print its results as JSON (used by tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def layer_report(model) -> dict:
+    """Per gated layer: realized sparsity per projection, and each linear's method."""
+    from wina_vllm.metrics import realized_sparsity
+
+    methods = {name: type(m.quant_method).__name__ for name, m in model.named_modules()
+               if hasattr(m, "quant_method") and m.quant_method is not None}
+    return {"sparsity": realized_sparsity(model), "methods": methods}
+
+
+def main() -> None:
+    req = json.loads(sys.argv[1])
+    from vllm import LLM, SamplingParams
+
+    kwargs = dict(model=req["model"], enforce_eager=True, dtype=req.get("dtype", "float32"),
+                  max_model_len=256, seed=0)
+    if req.get("wina") is not None:
+        kwargs.update(quantization="wina", additional_config={"wina": req["wina"]})
+    llm = LLM(**kwargs)
+    params = SamplingParams(max_tokens=req.get("max_tokens", 12), temperature=0, logprobs=1,
+                            ignore_eos=True)
+    outs = llm.generate(req.get("prompts", ["The module provides a way to"]), params)
+    result = {
+        "tokens": [list(o.outputs[0].token_ids) for o in outs],
+        "logprobs": [[float(next(iter(lp.values())).logprob) if lp else None
+                      for lp in (o.outputs[0].logprobs or [])] for o in outs],
+        "text": [o.outputs[0].text for o in outs],
+    }
+    if req.get("wina") is not None:
+        result.update(llm.apply_model(layer_report)[0])
+    print("ENGINE_RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

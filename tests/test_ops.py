@@ -1,0 +1,53 @@
+"""The custom op as torch sees it: schema, fake implementation, torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wina_vllm import gate, ops
+from wina_vllm.packing import pack_linear
+
+
+def _args(m=3, k=64, segments=(32, 16), topk=True):
+    torch.manual_seed(m * 100 + k)
+    packed = pack_linear(torch.randn(sum(segments), k), segments, "wina")
+    x = torch.randn(m, k)
+    keep = gate.keep_counts(k, [0.5] * len(segments))
+    return (x, packed.weight_t, None, packed.scale, torch.zeros(len(segments)), packed.stats,
+            packed.workspace, packed.seg_ends, keep, topk, 8, False)
+
+
+def test_registered_under_torch_ops():
+    assert torch.ops.wina.sparse_linear.default is not None
+
+
+@pytest.mark.parametrize("m", [1, 5, 12])
+def test_opcheck(m):
+    torch.library.opcheck(ops.sparse_linear, _args(m=m),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+def test_fake_impl_shape_without_data():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _args(m=4, k=64, segments=(40, 8))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out = torch.ops.wina.sparse_linear(*args)
+    assert tuple(out.shape) == (4, 48)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    args = _args(m=2)
+    eager = ops.sparse_linear(*args)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x):
+        return torch.ops.wina.sparse_linear(x, *args[1:]) + 1
+
+    torch.testing.assert_close(f(args[0]), eager + 1, rtol=0, atol=0)
+
+
+def test_workspace_size_counts_eight_column_groups():
+    assert ops.workspace_size([4096, 5120, 6144]) == 768
+    assert ops.workspace_size([100, 136, 172]) == 13 + 5 + 5  # 96..136 and 136..176 overlap

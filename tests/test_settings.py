@@ -1,0 +1,60 @@
+"""Settings: every bad key, type or value is refused with a message naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from wina_vllm.settings import PROJECTIONS, parse_settings
+
+
+def test_defaults():
+    s = parse_settings(None)
+    assert s.criterion == "wina" and s.mode == "topk" and s.prefill == "dense"
+    assert s.max_sparse_batch == 8 and s.skip_layers == ()
+    assert all(s.sparsity_of(p) == 0.5 for p in PROJECTIONS)
+
+
+def test_per_projection_sparsity_fills_missing_with_zero():
+    s = parse_settings({"sparsity": {"q": 0.3, "gate": 0.6}})
+    assert s.sparsity_of("q") == 0.3 and s.sparsity_of("gate") == 0.6
+    assert s.sparsity_of("k") == 0.0 and s.sparsity_of("down") == 0.0
+
+
+def test_full_valid_config():
+    s = parse_settings({"sparsity": 0.25, "criterion": "teal", "skip_layers": [3, 0, 3],
+                        "prefill": "sparse", "max_sparse_batch": 4})
+    assert s.skip_layers == (0, 3) and s.criterion == "teal" and s.max_sparse_batch == 4
+
+
+def test_threshold_mode(tmp_path):
+    s = parse_settings({"mode": "threshold", "calibration": str(tmp_path / "c.safetensors")})
+    assert s.mode == "threshold"
+
+
+@pytest.mark.parametrize("raw,names", [
+    ({"sparsity": 1.0}, ["sparsity", "1.0", "[0, 1)"]),
+    ({"sparsity": -0.1}, ["sparsity", "-0.1"]),
+    ({"sparsity": "0.5"}, ["sparsity", "'0.5'"]),
+    ({"sparsity": True}, ["sparsity", "True"]),
+    ({"sparsity": float("nan")}, ["sparsity", "nan"]),
+    ({"sparsity": {"qq": 0.5}}, ["sparsity", "qq"]),
+    ({"sparsity": {"q": 2}}, ["sparsity.q", "2"]),
+    ({"criterion": "l1"}, ["criterion", "'l1'", "'wina'", "'teal'"]),
+    ({"mode": "random"}, ["mode", "'random'", "'topk'", "'threshold'"]),
+    ({"mode": "threshold"}, ["calibration", "required"]),
+    ({"mode": "threshold", "calibration": "c.st", "sparsity": 0.5}, ["sparsity", "calibration"]),
+    ({"calibration": "c.st"}, ["calibration", "topk"]),
+    ({"calibration": 3, "mode": "threshold"}, ["calibration", "3"]),
+    ({"skip_layers": "0,1"}, ["skip_layers", "'0,1'"]),
+    ({"skip_layers": [-1]}, ["skip_layers", "-1"]),
+    ({"prefill": "mixed"}, ["prefill", "'mixed'"]),
+    ({"max_sparse_batch": 9}, ["max_sparse_batch", "9", "[0, 8]"]),
+    ({"max_sparse_batch": 2.0}, ["max_sparse_batch", "2.0"]),
+    ({"sparsty": 0.5}, ["sparsty", "accepted keys"]),
+    ([0.5], ["wina", "[0.5]"]),
+])
+def test_bad_settings_name_key_and_value(raw, names):
+    with pytest.raises(ValueError) as err:
+        parse_settings(raw)
+    for name in names:
+        assert name in str(err.value), (name, str(err.value))

@@ -1,0 +1,193 @@
+"""Calibration: per-layer gate thresholds for a target sparsity, from calibration text.
+
+The model runs (transformers, CPU or GPU) on text the project generates
+(:mod:`wina_vllm.text`, never the evaluation text); forward hooks on every
+attention and MLP projection record a random sample of gate scores and a few
+input rows. Thresholds are score quantiles at each projection's sparsity. With
+``greedy``, sparsity is allocated across the 7 projections of each decoder layer
+to minimise the relative output error of its projections at the same
+parameter-weighted average sparsity (the TEAL/WINA greedy procedure), in steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from wina_vllm import calibration_file as cf
+from wina_vllm.settings import PROJECTIONS
+
+HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+              "down": "mlp.down_proj"}
+SCORE_SAMPLES = 1 << 17  # score values kept per projection (quantile error ~ 1e-3)
+ROW_SAMPLES = 256  # input rows kept per projection, for the greedy allocation
+GREEDY_STEP = 0.05
+
+
+@dataclass
+class ProjectionSamples:
+    """What calibration keeps of one projection's inputs."""
+
+    norms: torch.Tensor  # [K] float32 column norms of the full weight
+    weight: torch.Tensor  # [N, K] (a reference, not a copy)
+    scores: list[torch.Tensor] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
+    seen_rows: int = 0
+
+    def add(self, x: torch.Tensor, criterion: str, generator: torch.Generator) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        scale = self.norms if criterion == "wina" else torch.ones_like(self.norms)
+        score = (x.abs() * scale.to(x.device)).flatten()
+        take = min(score.numel(), SCORE_SAMPLES // 8)
+        idx = torch.randint(score.numel(), (take,), generator=generator).to(score.device)
+        self.scores.append(score[idx].cpu())
+        if self.seen_rows < ROW_SAMPLES:
+            self.rows.append(x[: ROW_SAMPLES - self.seen_rows].cpu())
+        self.seen_rows += x.shape[0]
+
+    def score_sample(self) -> torch.Tensor:
+        s = torch.cat(self.scores)
+        return s[torch.randperm(s.numel())[:SCORE_SAMPLES]] if s.numel() > SCORE_SAMPLES else s
+
+    def relative_error(self, threshold: float, criterion: str) -> float:
+        """||W (x * mask) - W x||^2 / ||W x||^2 over the kept input rows."""
+        x = torch.cat(self.rows)
+        scale = self.norms if criterion == "wina" else torch.ones_like(self.norms)
+        w = self.weight.float().to(x.device)
+        full = x @ w.t()
+        dropped = torch.where(x.abs() * scale >= threshold, 0.0, x)
+        return float((dropped @ w.t()).square().sum() / full.square().sum().clamp_min(1e-30))
+
+
+def quantile(sample: torch.Tensor, q: float) -> float:
+    if q <= 0:
+        return 0.0
+    return float(torch.quantile(sample.double(), q).item()) if sample.numel() <= 1 << 24 else \
+        float(sample.double().sort().values[int(q * (sample.numel() - 1))])
+
+
+def greedy_allocation(layer: dict[str, ProjectionSamples], target: float, criterion: str,
+                      step: float = GREEDY_STEP) -> dict[str, float]:
+    """Raise, one step at a time, the sparsity of the projection whose output error grows
+    least per parameter, until the parameter-weighted mean sparsity reaches ``target``."""
+    params = {p: layer[p].weight.numel() for p in PROJECTIONS}
+    total = sum(params.values())
+    samples = {p: layer[p].score_sample() for p in PROJECTIONS}
+
+    def err(p: str, s: float) -> float:
+        return layer[p].relative_error(quantile(samples[p], s), criterion) if s > 0 else 0.0
+
+    sparsity = dict.fromkeys(PROJECTIONS, 0.0)
+    current = dict.fromkeys(PROJECTIONS, 0.0)
+    while sum(sparsity[p] * params[p] for p in PROJECTIONS) / total < target - 1e-9:
+        best, best_cost, best_err = None, float("inf"), 0.0
+        for p in PROJECTIONS:
+            s = round(sparsity[p] + step, 6)
+            if s > 0.95:
+                continue
+            e = err(p, s)
+            cost = (e - current[p]) / (step * params[p])
+            if cost < best_cost:
+                best, best_cost, best_err = p, cost, e
+        if best is None:
+            break
+        sparsity[best] = round(sparsity[best] + step, 6)
+        current[best] = best_err
+    # The last step may overshoot; scale back uniformly onto the target.
+    mean = sum(sparsity[p] * params[p] for p in PROJECTIONS) / total
+    return {p: min(0.95, sparsity[p] * target / mean) if mean > 0 else 0.0 for p in PROJECTIONS}
+
+
+def thresholds_from_samples(layers: list[dict[str, ProjectionSamples]], target: float,
+                            criterion: str, greedy: bool,
+                            progress: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L, 7] thresholds and sparsities for the target."""
+    n = len(layers)
+    thresholds = torch.zeros(n, len(PROJECTIONS))
+    sparsity = torch.zeros(n, len(PROJECTIONS))
+    for i, layer in enumerate(progress(layers) if progress else layers):
+        alloc = greedy_allocation(layer, target, criterion) if greedy else \
+            dict.fromkeys(PROJECTIONS, target)
+        for j, p in enumerate(PROJECTIONS):
+            sparsity[i, j] = alloc[p]
+            thresholds[i, j] = quantile(layer[p].score_sample(), alloc[p])
+    return thresholds, sparsity
+
+
+def norm_means(layers: list[dict[str, ProjectionSamples]]) -> torch.Tensor:
+    return torch.tensor([[float(layer[p].norms.mean()) for p in PROJECTIONS] for layer in layers])
+
+
+def collect_hf(model: torch.nn.Module, texts: list[torch.Tensor], criterion: str,
+               progress: Callable | None = None, seed: int = 0) -> list[dict[str, ProjectionSamples]]:
+    """Run a transformers decoder on token batches; return per-layer projection samples."""
+    decoder_layers = model.model.layers
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[dict[str, ProjectionSamples]] = []
+    handles = []
+    for layer in decoder_layers:
+        entry: dict[str, ProjectionSamples] = {}
+        for p, path in HF_MODULES.items():
+            module = layer.get_submodule(path)
+            w = module.weight.detach()
+            entry[p] = ProjectionSamples(norms=w.float().norm(dim=0).cpu(), weight=w)
+            handles.append(module.register_forward_pre_hook(
+                lambda mod, args, s=entry[p]: s.add(args[0].detach(), criterion, gen)))
+        layers.append(entry)
+    try:
+        with torch.no_grad():
+            for ids in (progress(texts) if progress else texts):
+                model(input_ids=ids.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return layers
+
+
+def load_hf_model(path: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(device).eval()
+    return model, tok
+
+
+def token_windows(tok, text: str, window: int, count: int) -> list[torch.Tensor]:
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    n = min(count, ids.numel() // window)
+    if n == 0:
+        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than one "
+                         f"window of {window}")
+    return [ids[i * window:(i + 1) * window].unsqueeze(0) for i in range(n)]
+
+
+def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = "wina",
+              greedy: bool = False, text: str | None = None, gguf_file: str | None = None,
+              window: int = 512, windows: int = 16, device: str = "cpu") -> cf.Calibration:
+    """Calibrate a transformers checkpoint and write the calibration file."""
+    from tqdm import tqdm
+
+    from wina_vllm.settings import parse_settings
+    from wina_vllm.text import stdlib_prose
+
+    parse_settings({"sparsity": sparsity, "criterion": criterion})  # same checks as serving
+    model, tok = load_hf_model(model_path, gguf_file, device=device)
+    batches = token_windows(tok, text if text is not None else stdlib_prose(), window, windows)
+    layers = collect_hf(model, batches, criterion,
+                        progress=lambda it: tqdm(it, desc="calibration forward", unit="window"))
+    thresholds, sp = thresholds_from_samples(
+        layers, sparsity, criterion, greedy,
+        progress=lambda it: tqdm(it, desc="thresholds" + (" (greedy)" if greedy else ""),
+                                 unit="layer"))
+    nm = norm_means(layers)
+    cal = cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm, criterion=criterion,
+                         target_sparsity=sparsity, greedy=greedy,
+                         fingerprint=cf.model_fingerprint(model.config, nm))
+    cf.save(out, cal)
+    return cal
