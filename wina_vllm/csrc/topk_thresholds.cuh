@@ -2,16 +2,15 @@
 //
 // Architecture: one block per (token m, segment s). It writes the scores
 // |x[m, i]| * scale[s, i] into shared memory as uint32 bit patterns (scores are
-// non-negative, so their bits order like the floats), then finds the k-th largest
-// with a radix select over 4-bit digits, 8 passes. Each thread counts the digits of
-// its keys in byte fields of two registers (no shared-memory atomics: scores crowd
-// into a few exponent bins, where atomics or match_any serialize), each warp sums
-// them with __reduce_add_sync, and one warp picks the digit. thr[m, s] is that
-// score, so the gate's ">= thr" keeps exactly k channels unless scores tie.
+// non-negative, so their bits order like the floats: bit 31 is always 0), then finds the
+// k-th largest by radix select in three passes over bits 30..20, 19..9 and 8..0. Each
+// pass histograms the keys that match the digits found so far (2048 bins; the first
+// pass's bins are exponent plus 3 mantissa bits, so keys spread and shared-memory
+// atomics rarely collide), then a block-wide scan from the top bin finds the digit.
+// thr[m, s] is that key, so the gate's ">= thr" keeps exactly k channels unless scores tie.
 //
-// Constraints: K * 4 bytes of shared memory (K <= 50k on sm_90), K / 1024 <= 255
-// keys per thread (byte counters). keep[s] <= 0 gives +inf (keep nothing) and
-// keep[s] >= K gives 0 (keep all). Needs sm_80 (__reduce_add_sync).
+// Constraints: K * 4 bytes of shared memory (K <= 50k on sm_90). keep[s] <= 0 gives
+// +inf (keep nothing) and keep[s] >= K gives 0 (keep all).
 #pragma once
 
 #include "sparse_gemv.cuh"
@@ -20,6 +19,7 @@ namespace wina {
 
 constexpr int kSelectThreads = 1024;
 constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int kSelectBins = 2048;  // 2 bins per thread
 
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
@@ -27,7 +27,8 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
                        const SegmentKeep keep, float* __restrict__ thr, int K, int S) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
-  __shared__ int s_count[kSelectWarps][16];
+  __shared__ int hist[kSelectBins];
+  __shared__ int s_warp_excl[kSelectWarps];
   __shared__ uint32_t s_prefix;
   __shared__ int s_remaining;
   const int m = blockIdx.x, s = blockIdx.y;
@@ -36,54 +37,61 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
     if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : 0.f;
     return;
   }
-  for (int i = threadIdx.x; i < K; i += blockDim.x)
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  for (int i = tid; i < K; i += kSelectThreads)
     keys[i] = __float_as_uint(fabsf(Vec<T>::to_float(x[static_cast<size_t>(m) * K + i])) *
                               scale[static_cast<size_t>(s) * K + i]);
-  if (threadIdx.x == 0) { s_prefix = 0; s_remaining = k; }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (tid == 0) { s_prefix = 0; s_remaining = k; }
+
+  constexpr int kShift[3] = {20, 9, 0};
+  constexpr int kBits[3] = {11, 11, 9};
   uint32_t mask = 0;
-  for (int shift = 28; shift >= 0; shift -= 4) {
+#pragma unroll
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass];
+    const uint32_t digit_mask = (1u << kBits[pass]) - 1u;
+    hist[tid] = 0;
+    hist[tid + kSelectThreads] = 0;
     __syncthreads();
-    const uint32_t prefix = s_prefix;
-    unsigned long long lo = 0, hi = 0;  // digit d counted in byte d % 8 of lo (d < 8) or hi
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+    const uint32_t prefix = s_prefix;  // read here: written only after the scan's barriers
+    const int remaining = s_remaining;
+    for (int i = tid; i < K; i += kSelectThreads) {
       const uint32_t key = keys[i];
-      if ((key & mask) == prefix) {
-        const uint32_t d = (key >> shift) & 15u;
-        const unsigned long long inc = 1ull << ((d & 7u) * 8u);
-        if (d < 8u) lo += inc; else hi += inc;
-      }
-    }
-#pragma unroll
-    for (int d = 0; d < 16; ++d) {
-      const unsigned field = static_cast<unsigned>(((d < 8 ? lo : hi) >> ((d & 7) * 8)) & 255u);
-      const unsigned total = __reduce_add_sync(0xffffffffu, field);
-      if (lane == 0) s_count[warp][d] = static_cast<int>(total);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digit_mask], 1);
     }
     __syncthreads();
-    if (warp == 0) {  // digit = largest d with (candidates with digit >= d) >= remaining
-      int count = 0;
-      if (lane < 16)
-        for (int w = 0; w < kSelectWarps; ++w) count += s_count[w][lane];
-      int at_least = count;  // suffix sum over digits >= lane
+    // Thread t owns bins 2047-2t and 2046-2t; scan from the top bin down.
+    const int b0 = kSelectBins - 1 - 2 * tid, b1 = b0 - 1;
+    const int h0 = hist[b0], h1 = hist[b1], local = h0 + h1;
+    int incl = local;
 #pragma unroll
-      for (int off = 1; off < 16; off *= 2) {
-        const int v = __shfl_down_sync(0xffffffffu, at_least, off);
-        if (lane + off < 16) at_least += v;
-      }
-      const int remaining = s_remaining;
-      const unsigned hit = __ballot_sync(0xffffffffu, lane < 16 && at_least >= remaining);
-      const int d = 31 - __clz(hit);
-      const int above = __shfl_sync(0xffffffffu, at_least - count, d);
-      if (lane == 0) {
-        s_prefix = prefix | (static_cast<uint32_t>(d) << shift);
-        s_remaining = remaining - above;
-      }
+    for (int off = 1; off < 32; off *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += v;
     }
-    mask |= 15u << shift;
+    if (lane == 31) s_warp_excl[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      const int total = s_warp_excl[lane];
+      int wincl = total;
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const int v = __shfl_up_sync(0xffffffffu, wincl, off);
+        if (lane >= off) wincl += v;
+      }
+      s_warp_excl[lane] = wincl - total;
+    }
+    __syncthreads();
+    const int before = s_warp_excl[warp] + incl - local;  // keys in bins above b0
+    if (before < remaining && before + local >= remaining) {  // exactly one thread
+      const bool first = before + h0 >= remaining;
+      s_prefix = prefix | (static_cast<uint32_t>(first ? b0 : b1) << shift);
+      s_remaining = remaining - (first ? before : before + h0);
+    }
+    mask |= digit_mask << shift;
+    __syncthreads();
   }
-  __syncthreads();
-  if (threadIdx.x == 0) thr[m * S + s] = __uint_as_float(s_prefix);
+  if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
 template <typename T>
