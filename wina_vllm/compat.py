@@ -30,9 +30,14 @@ from vllm.model_executor.utils import set_weight_attrs
 __all__ = [
     "LinearBase", "LinearMethodBase", "ModelWeightParameter", "QuantizationConfig",
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
-    "get_current_vllm_config_or_none", "init_logger", "register_quantization_config",
+    "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
     "set_weight_attrs", "tp_world_size", "all_reduce_sum",
 ]
+
+
+def get_logger(name: str):
+    """A logger under vLLM's "vllm" logger, so it shares vLLM's handlers and format."""
+    return init_logger(f"vllm.{name}")
 
 
 def tp_world_size() -> int:

@@ -15,7 +15,7 @@ from wina_vllm import calibration_file, compat
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
 from wina_vllm.settings import PROJECTIONS, WinaSettings, parse_settings
 
-logger = compat.init_logger(__name__)
+logger = compat.get_logger(__name__)
 
 
 def load_settings() -> WinaSettings:

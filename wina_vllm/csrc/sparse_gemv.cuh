@@ -50,11 +50,8 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   return r;
 }
 
-constexpr int kGateSteps = kMaxChunkRows / kWarps / 32;  // 32-row ballot steps per warp
-
 template <typename T, int M>
-__global__ void __launch_bounds__(kThreads, M == 1 ? 4 : (M <= 4 ? 3 : 2))
-sparse_gemv_kernel(const SparseGemvParams p) {
+__global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvParams p) {
   constexpr int kUnroll = M <= 4 ? 8 : 4;  // rows in flight per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -81,40 +78,32 @@ sparse_gemv_kernel(const SparseGemvParams p) {
 #pragma unroll
   for (int m = 0; m < M; ++m) thr[m] = p.thr[m * p.thr_m_stride + seg];
 
-  // 1. Gate: score this warp's rows for every token and compact the kept ones. All of the
-  // warp's x and scale loads are issued before the first use (one round trip).
+  // 1. Gate: score this warp's rows for every token and compact the kept ones.
   const int row_begin = chunk * p.chunk_rows + warp * warp_rows;
   const int row_end = min(row_begin + warp_rows, p.K);
-  float xs[kGateSteps][M], cs[kGateSteps];
-#pragma unroll
-  for (int st = 0; st < kGateSteps; ++st) {
-    const int i = row_begin + st * 32 + lane;
-    const bool in = i < row_end;
-    cs[st] = in ? scale[i] : 0.f;
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-      xs[st][m] = in ? Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]) : 0.f;
-  }
   int n_rows = 0;
   long long kept = 0;
-#pragma unroll
-  for (int st = 0; st < kGateSteps; ++st) {
-    const int i = row_begin + st * 32 + lane;
-    if (row_begin + st * 32 >= row_end) break;  // warp-uniform
+  for (int base = row_begin; base < row_end; base += 32) {
+    const int i = base + lane;
+    float xm[M];
     bool any = false;
+    if (i < row_end) {
+      const float c = scale[i];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const bool keep = i < row_end && fabsf(xs[st][m]) * cs[st] >= thr[m];
-      xs[st][m] = keep ? xs[st][m] : 0.f;
-      any |= keep;
-      kept += keep;
+      for (int m = 0; m < M; ++m) {
+        const float v = Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]);
+        const bool keep = fabsf(v) * c >= thr[m];
+        xm[m] = keep ? v : 0.f;
+        any |= keep;
+        kept += keep;
+      }
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, any);
     if (any) {
       const int pos = n_rows + __popc(ballot & ((1u << lane) - 1u));
       s_idx[pos] = i;
 #pragma unroll
-      for (int m = 0; m < M; ++m) s_x[pos * M + m] = xs[st][m];
+      for (int m = 0; m < M; ++m) s_x[pos * M + m] = xm[m];
     }
     n_rows += __popc(ballot);
   }
@@ -164,21 +153,18 @@ sparse_gemv_kernel(const SparseGemvParams p) {
   }
 
   // 3. Sum the warps: thread t ends with column col0 + t of every token.
-  float* s_red = reinterpret_cast<float*>(smem_raw);  // [kWarps][M][kTileN], reuses the lists
-  __syncthreads();
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    float4* dst = reinterpret_cast<float4*>(s_red + (warp * M + m) * kTileN + lane * 8);
-    dst[0] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-    dst[1] = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
-  }
-  __syncthreads();
+  float* s_red = reinterpret_cast<float*>(smem_raw);  // [kWarps][kTileN], reuses the lists
   float total[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
+    __syncthreads();
+    float4* dst = reinterpret_cast<float4*>(s_red + warp * kTileN + lane * 8);
+    dst[0] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+    dst[1] = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
+    __syncthreads();
     float v = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v += s_red[(w * M + m) * kTileN + threadIdx.x];
+    for (int w = 0; w < kWarps; ++w) v += s_red[w * kTileN + threadIdx.x];
     total[m] = v;
   }
 
@@ -208,33 +194,25 @@ sparse_gemv_kernel(const SparseGemvParams p) {
   if (!s_last) return;
   __threadfence();
   if (col_valid) {
-    // Chunks are summed in order (deterministic), 16 loads in flight per round trip.
+    // Chunks are summed in order (deterministic), 8 loads in flight per round trip.
     const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTileN;
     const float* src = p.partial + static_cast<size_t>(tile) * M * kTileN + threadIdx.x;
-#pragma unroll 1
+#pragma unroll
     for (int m = 0; m < M; ++m) {
       float v = 0.f;
-#pragma unroll 1
-      for (int c0 = 0; c0 < p.chunks; c0 += 16) {
-        float part[16];
+      int c = 0;
+      for (; c + 8 <= p.chunks; c += 8) {
+        float part8[8];
 #pragma unroll
-        for (int j = 0; j < 16; ++j)
-          part[j] = c0 + j < p.chunks ? __ldcg(src + (c0 + j) * chunk_stride + m * kTileN) : 0.f;
+        for (int j = 0; j < 8; ++j) part8[j] = __ldcg(src + (c + j) * chunk_stride + m * kTileN);
 #pragma unroll
-        for (int j = 0; j < 16; ++j) v += part[j];
+        for (int j = 0; j < 8; ++j) v += part8[j];
       }
+      for (; c < p.chunks; ++c) v += __ldcg(src + c * chunk_stride + m * kTileN);
       out[static_cast<size_t>(m) * p.N + col] = Vec<T>::from_float(v + b);
     }
   }
   if (threadIdx.x == 0) p.counters[tile] = 0;
-}
-
-// Shared memory of a block: the warps' row lists, later reused for the cross-warp sum.
-template <int M>
-constexpr size_t smem_bytes(int chunk_rows) {
-  const size_t lists = static_cast<size_t>(chunk_rows) * (sizeof(int) + M * sizeof(float));
-  const size_t sums = static_cast<size_t>(kWarps) * M * kTileN * sizeof(float);
-  return lists > sums ? lists : sums;
 }
 
 // Resident blocks per SM of one instance at its largest shared memory (cached).
@@ -242,9 +220,9 @@ template <typename T, int M>
 int sparse_gemv_blocks_per_sm() {
   static int blocks = 0;
   if (blocks == 0) {
-    const size_t smem = smem_bytes<M>(kMaxChunkRows);
+    const size_t smem = kMaxChunkRows * (sizeof(int) + M * sizeof(float));
     cudaFuncSetAttribute(sparse_gemv_kernel<T, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
+                         static_cast<int>(kMaxChunkRows * (sizeof(int) + kMaxTokens * sizeof(float))));
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sparse_gemv_kernel<T, M>, kThreads, smem);
     if (blocks < 1) blocks = 1;
   }
@@ -253,7 +231,9 @@ int sparse_gemv_blocks_per_sm() {
 
 template <typename T, int M>
 void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream) {
-  const size_t smem = smem_bytes<M>(p.chunk_rows);
+  const size_t list_bytes = static_cast<size_t>(p.chunk_rows) * (sizeof(int) + M * sizeof(float));
+  const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
+  const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
   sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
   const dim3 grid(p.tile_begin[p.num_segments], p.chunks);
   sparse_gemv_kernel<T, M><<<grid, kThreads, smem, stream>>>(p);

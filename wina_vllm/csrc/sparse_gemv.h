@@ -12,7 +12,6 @@ constexpr int kThreads = 256;    // threads per block: 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileN = 256;      // output columns per block: 32 lanes x 8 columns (16 bytes)
 constexpr int kMaxChunkRows = 1024;
-constexpr int kMaxChunks = 64;   // blocks along K per tile (the last one sums them all)
 
 // Everything one launch of the fused gate + sparse GEMV needs.
 struct SparseGemvParams {

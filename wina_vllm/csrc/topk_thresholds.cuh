@@ -103,8 +103,10 @@ void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep
     int device = 0, max_optin = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    cudaFuncAttributes attr{};
+    cudaFuncGetAttributes(&attr, topk_thresholds_kernel<T>);  // static shared memory counts too
     cudaFuncSetAttribute(topk_thresholds_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         max_optin - 4096);
+                         max_optin - static_cast<int>(attr.sharedSizeBytes));
     attr_set = true;
   }
   topk_thresholds_kernel<T><<<dim3(M, S), kSelectThreads, smem, stream>>>(

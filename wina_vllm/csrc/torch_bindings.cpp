@@ -72,11 +72,9 @@ int dispatch_tokens(int M, const SparseGemvParams* p, cudaStream_t stream) {
 // Rows per block along K: as many blocks as fit on the GPU at once (one wave, no
 // tail of a second), whole multiples of 64 rows (8 per warp), at most kMaxChunkRows.
 void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks) {
-  const int wanted = std::min(kMaxChunks, std::max(1, resident_blocks / tiles));
+  const int wanted = std::max(1, resident_blocks / tiles);
   int rows = (p.K + wanted - 1) / wanted;
-  rows = std::max(64, (rows + 63) / 64 * 64);
-  WINA_CHECK(rows <= kMaxChunkRows, "K = ", p.K, " needs more than ", kMaxChunks, " x ",
-             kMaxChunkRows, " rows");
+  rows = std::min(kMaxChunkRows, std::max(64, (rows + 63) / 64 * 64));
   p.chunk_rows = rows;
   p.chunks = (p.K + rows - 1) / rows;
 }
