@@ -10,7 +10,7 @@ from wina_vllm.settings import PROJECTIONS, parse_settings
 def test_defaults():
     s = parse_settings(None)
     assert s.criterion == "wina" and s.mode == "topk" and s.prefill == "dense"
-    assert s.max_sparse_batch == 8 and s.skip_layers == ()
+    assert s.max_sparse_batch == 2 and s.skip_layers == ()
     assert all(s.sparsity_of(p) == 0.5 for p in PROJECTIONS)
 
 

@@ -191,3 +191,92 @@ def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str 
                          fingerprint=cf.model_fingerprint(model.config, nm))
     cf.save(out, cal)
     return cal
+
+
+# -- calibration inside vLLM (any model vLLM loads, dummy weights included) -----------------
+def _record_inputs(model: torch.nn.Module, max_rows: int) -> int:
+    """Forward pre-hooks on every gated linear keep up to ``max_rows`` of its inputs."""
+    from wina_vllm.layers import match_target
+
+    count = 0
+    for name, module in model.named_modules():
+        if match_target(name) is None or not hasattr(module, "output_partition_sizes"):
+            continue
+        module._wina_rows = []
+
+        def hook(mod, args):
+            kept = sum(r.shape[0] for r in mod._wina_rows)
+            if kept < max_rows:
+                mod._wina_rows.append(args[0].detach().reshape(-1, args[0].shape[-1])
+                                      [: max_rows - kept].float().clone())
+
+        module._wina_hook = module.register_forward_pre_hook(hook)
+        count += 1
+    return count
+
+
+def _tables_from_inputs(model: torch.nn.Module, criteria: list[str],
+                        sparsities: list[float]) -> dict:
+    """Per criterion and sparsity: [L, 7] thresholds; plus the [L, 7] weight signature."""
+    from wina_vllm.gate import column_scales
+    from wina_vllm.layers import match_target
+
+    found = [(match_target(n), m) for n, m in model.named_modules()
+             if match_target(n) is not None and hasattr(m, "_wina_rows")]
+    layers = 1 + max(t.layer_index for t, _ in found)
+    norm_mean = torch.zeros(layers, len(PROJECTIONS))
+    tables = {(c, s): torch.zeros(layers, len(PROJECTIONS)) for c in criteria for s in sparsities}
+    for target, module in found:
+        module._wina_hook.remove()
+        x = torch.cat(module._wina_rows)
+        del module._wina_rows
+        if module.weight.dim() != 2:
+            raise ValueError(f"calibrate_vllm: {type(module).__name__} holds no [N, K] weight "
+                             "(vLLM's CPU backend repacks it); calibrate with transformers "
+                             "on the CPU (wina-vllm calibrate MODEL)")
+        norms = column_scales(module.weight.data, module.output_partition_sizes, "wina")
+        for j, p in enumerate(target.projections):
+            col = PROJECTIONS.index(p)
+            norm_mean[target.layer_index, col] = float(norms[j].mean())
+            qs = torch.tensor(sparsities, dtype=torch.float32, device=x.device)
+            for c in criteria:
+                score = (x.abs() * norms[j]) if c == "wina" else x.abs()
+                flat = score.flatten().float()
+                if flat.numel() > SCORE_SAMPLES * 8:
+                    flat = flat[torch.randint(flat.numel(), (SCORE_SAMPLES * 8,),
+                                              device=flat.device)]
+                values = torch.quantile(flat, qs).cpu()  # one sort for every sparsity
+                for s, v in zip(sparsities, values.tolist()):
+                    tables[(c, s)][target.layer_index, col] = v if s > 0 else 0.0
+    return {"norm_mean": norm_mean, "tables": {f"{c}:{s}": t for (c, s), t in tables.items()}}
+
+
+def calibrate_vllm(llm, prompts: list[list[int]], criteria: list[str], sparsities: list[float],
+                   out_dir: str | Path, max_rows: int = 1024, decode_tokens: int = 16) -> list[Path]:
+    """Calibrate a dense vLLM engine (``enforce_eager=True``, so hooks run) on token prompts.
+
+    Writes one file per (criterion, sparsity): ``<criterion>-<sparsity>.safetensors``.
+    """
+    from vllm import SamplingParams
+
+    if not llm.apply_model(lambda model: _record_inputs(model, max_rows))[0]:
+        raise ValueError("calibrate_vllm: no gated linears found; is the model supported and "
+                         "the engine dense (no --quantization)?")
+    llm.generate([{"prompt_token_ids": p} for p in prompts],
+                 SamplingParams(max_tokens=decode_tokens, ignore_eos=True), use_tqdm=False)
+    result = llm.apply_model(lambda model: _tables_from_inputs(model, criteria, sparsities))[0]
+    hf_config = llm.llm_engine.model_config.hf_config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, thresholds in result["tables"].items():
+        criterion, s = key.split(":")
+        cal = cf.Calibration(thresholds=thresholds,
+                             sparsity=torch.full_like(thresholds, float(s)),
+                             norm_mean=result["norm_mean"], criterion=criterion,
+                             target_sparsity=float(s), greedy=False,
+                             fingerprint=cf.model_fingerprint(hf_config, result["norm_mean"]))
+        path = out / f"{criterion}-{s}.safetensors"
+        cf.save(path, cal)
+        paths.append(path)
+    return paths

@@ -40,10 +40,10 @@ class Job:
     engine: dict[str, Any] = field(default_factory=dict)
 
 
-def _decode_speed(llm, tokenizer, batch: int, prompt_tokens: int, max_tokens: int) -> dict:
+def _decode_speed(llm, batch: int, prompt_tokens: int, max_tokens: int) -> dict:
     from vllm import SamplingParams
 
-    vocab = tokenizer.vocab_size
+    vocab = llm.llm_engine.model_config.get_vocab_size()
     prompts = [{"prompt_token_ids": [(17 * b + 31 * i) % (vocab - 10) + 5
                                      for i in range(prompt_tokens)]} for b in range(batch)]
 
@@ -88,13 +88,12 @@ def run_job(job: Job) -> dict:
     if job.variant.wina is not None:
         kwargs.update(quantization="wina", additional_config={"wina": job.variant.wina})
     llm = LLM(**kwargs)
-    tokenizer = llm.get_tokenizer()
     result: dict[str, Any] = {"variant": asdict(job.variant)}
-    result["speed"] = [_decode_speed(llm, tokenizer, b, job.prompt_tokens, job.max_tokens)
+    result["speed"] = [_decode_speed(llm, b, job.prompt_tokens, job.max_tokens)
                        for b in job.batch_sizes]
     if job.eval_text:
-        result["perplexity"] = _perplexity(llm, tokenizer, job.eval_text, job.eval_windows,
-                                           job.eval_window_tokens)
+        result["perplexity"] = _perplexity(llm, llm.get_tokenizer(), job.eval_text,
+                                           job.eval_windows, job.eval_window_tokens)
     if job.variant.wina is not None:
         from wina_vllm.metrics import realized_sparsity
 
@@ -105,11 +104,14 @@ def run_job(job: Job) -> dict:
 
 
 def run_in_subprocess(job: Job, env: dict[str, str] | None = None, timeout: float = 3600) -> dict:
-    """Run one variant in a fresh process (an engine per process)."""
+    """Run one variant in a fresh process (an engine per process). Reading the realized
+    sparsity sends a function to the engine's worker (LLM.apply_model), which vLLM allows
+    only with VLLM_ALLOW_INSECURE_SERIALIZATION; the function is this package's own."""
     payload = json.dumps(asdict(job))
     proc = subprocess.run([sys.executable, "-m", "wina_vllm.evaluate", payload],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+                               **(env or {})})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"variant {job.variant.name!r} failed (exit {proc.returncode}):\n"

@@ -15,7 +15,7 @@ PROJECTIONS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 CRITERIA: tuple[str, ...] = ("wina", "teal")
 MODES: tuple[str, ...] = ("topk", "threshold")
 PREFILL: tuple[str, ...] = ("dense", "sparse")
-DEFAULT_MAX_SPARSE_BATCH = 8
+DEFAULT_MAX_SPARSE_BATCH = 2  # kernel crossover on the H200 (benchmarks/RESULTS.md)
 MAX_KERNEL_BATCH = 8  # the CUDA kernel is instantiated for 1..8 tokens
 
 

@@ -1,0 +1,166 @@
+"""End-to-end decode speed in vLLM: dense vs TEAL vs WINA, one engine per variant.
+
+Each variant is a fresh engine process (wina_vllm.evaluate) on the same prompts.
+Threshold-mode variants use calibration files made first, inside vLLM, on the same
+(dummy or real) weights (wina_vllm.calibrate.calibrate_vllm). Decode tokens/s per batch
+size subtracts the prefill (a max_tokens=1 run) from the full run.
+
+GPU (H200, vLLM 0.26): full CUDA graphs for decode (FULL_DECODE_ONLY), no Inductor
+(compilation mode NONE), which keeps start-up short; dense runs in the same setup.
+
+Usage: python benchmarks/serve_bench.py --out DIR [--model benchmarks/models/llama3-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wina_vllm.evaluate import Job, Variant, format_table, run_in_subprocess  # noqa: E402
+
+CAPTURE = [1, 2, 4, 8, 16, 32, 64]
+CRITERIA = ["wina", "teal"]
+SPARSITIES = [0.25, 0.5, 0.65]
+
+
+def engine_kwargs(args) -> dict:
+    kw = dict(max_model_len=512, gpu_memory_utilization=0.85, max_num_seqs=64)
+    if args.dummy:
+        kw.update(load_format="dummy", skip_tokenizer_init=True)
+    if args.device == "cuda":
+        kw.update(dtype="bfloat16", compilation_config={
+            "mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY", "cudagraph_capture_sizes": CAPTURE})
+    else:
+        kw.update(dtype="float32", enforce_eager=True)
+    return kw
+
+
+CALIBRATE = """
+import json, sys, os
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM
+from wina_vllm.calibrate import calibrate_vllm
+a = json.loads(sys.argv[1])
+kw = dict(a["engine"]); kw.pop("compilation_config", None); kw["enforce_eager"] = True
+llm = LLM(model=a["model"], seed=0, **kw)
+paths = calibrate_vllm(llm, a["prompts"], a["criteria"], a["sparsities"], a["out"])
+print("CALIBRATED", json.dumps([str(p) for p in paths]))
+"""
+
+
+def calibrate(args, engine: dict, cal_dir: Path, vocab: int) -> None:
+    """Threshold files for every (criterion, sparsity): inside vLLM for dummy weights (no
+    checkpoint exists), with transformers on generated text for a real checkpoint."""
+    if not args.dummy:
+        from wina_vllm.calibrate import calibrate as calibrate_hf
+
+        cal_dir.mkdir(parents=True, exist_ok=True)
+        for criterion in CRITERIA:
+            for s in SPARSITIES:
+                calibrate_hf(args.model, cal_dir / f"{criterion}-{s}.safetensors", s, criterion,
+                             window=256, windows=16, device=args.device)
+        return
+    rng = random.Random(1)  # calibration prompts differ from the benchmark's
+    prompts = [[rng.randrange(5, vocab - 5) for _ in range(256)] for _ in range(8)]
+    payload = json.dumps(dict(model=args.model, engine=engine, prompts=prompts,
+                              criteria=CRITERIA, sparsities=SPARSITIES,
+                              out=str(cal_dir)))
+    proc = subprocess.run([sys.executable, "-c", CALIBRATE, payload], capture_output=True,
+                          text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError("calibration failed:\n" + (proc.stdout + proc.stderr)[-5000:])
+    print(next(ln for ln in proc.stdout.splitlines() if ln.startswith("CALIBRATED")), flush=True)
+
+
+def variants(cal_dir: Path, names: list[str] | None) -> list[Variant]:
+    def thr(criterion, s, **extra):
+        return {"mode": "threshold", "criterion": criterion,
+                "calibration": str(cal_dir / f"{criterion}-{s}.safetensors"), **extra}
+
+    all_variants = [
+        Variant("dense"),
+        Variant("wina-thr-0.25", thr("wina", 0.25)),
+        Variant("wina-thr-0.5", thr("wina", 0.5)),
+        Variant("wina-thr-0.65", thr("wina", 0.65)),
+        Variant("teal-thr-0.5", thr("teal", 0.5)),
+        Variant("teal-thr-0.65", thr("teal", 0.65)),
+        Variant("wina-topk-0.5", {"sparsity": 0.5}),
+        Variant("teal-topk-0.5", {"sparsity": 0.5, "criterion": "teal"}),
+        Variant("wina-thr-0.5-msb8", thr("wina", 0.5, max_sparse_batch=8)),
+    ]
+    return [v for v in all_variants if names is None or v.name in names]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "benchmarks/models/llama3-8b"))
+    ap.add_argument("--dummy", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--variants", nargs="+", help="names to run (default: all)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine = engine_kwargs(args)
+    vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
+    cal_dir = args.out / "calibration"
+    t0 = time.time()
+    calibrate(args, engine, cal_dir, vocab)
+    print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
+    results = []
+    for v in variants(cal_dir, args.variants):
+        t = time.time()
+        try:
+            r = run_in_subprocess(Job(model=args.model, variant=v, batch_sizes=args.batch,
+                                      prompt_tokens=args.prompt_tokens,
+                                      max_tokens=args.max_tokens, engine=engine),
+                                  env={"PYTHONPATH": str(ROOT) + os.pathsep +
+                                       os.environ.get("PYTHONPATH", "")}, timeout=900)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"{v.name} FAILED: {str(exc)[-3000:]}", flush=True)
+            continue
+        r["wall_s"] = time.time() - t
+        results.append(r)
+        print(f"{v.name}: " + ", ".join(f"b{s['batch']} {s['decode_tok_s']:.0f} tok/s"
+                                       for s in r["speed"])
+              + f" | sparsity {r.get('realized_sparsity')} | {r['wall_s']:.0f} s", flush=True)
+        (args.out / "serve_bench.json").write_text(json.dumps(results, indent=1))
+    table = format_table(results)
+    (args.out / "serve_bench.md").write_text(table + "\n")
+    print(table)
+    plot(results, args.out / "serve_bench.png")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next(r for r in results if r["variant"]["wina"] is None)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        xs = [s["batch"] for s in r["speed"]]
+        ys = [s["decode_tok_s"] / d["decode_tok_s"] for s, d in zip(r["speed"], dense["speed"])]
+        ax.plot(xs, ys, marker="o", label=r["variant"]["name"])
+    ax.set_xscale("log", base=2)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("decode tokens/s vs dense")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

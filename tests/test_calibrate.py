@@ -1,0 +1,95 @@
+"""Calibration: thresholds reach their sparsity on held-out text; greedy; the vLLM path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wina_vllm import calibration_file as cf
+from wina_vllm import gate
+from wina_vllm.calibrate import (
+    HF_MODULES,
+    _tables_from_inputs,
+    calibrate,
+    collect_hf,
+    greedy_allocation,
+    load_hf_model,
+    token_windows,
+)
+from wina_vllm.settings import PROJECTIONS
+from wina_vllm.text import stdlib_prose
+
+
+@pytest.mark.parametrize("criterion", ["wina", "teal"])
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_thresholds_reach_target_on_held_out_text(tiny_models, tmp_path, criterion, sparsity):
+    path = tmp_path / "cal.safetensors"
+    text = stdlib_prose(400_000)
+    cal = calibrate(str(tiny_models["llama"]), path, sparsity, criterion, text=text[:200_000],
+                    window=256, windows=32)
+    loaded = cf.load(path)
+    assert torch.equal(loaded.thresholds, cal.thresholds) and loaded.criterion == criterion
+    # Held-out text: the last part of the prose, never seen by calibration.
+    model, tok = load_hf_model(str(tiny_models["llama"]))
+    held_out = token_windows(tok, text[-100_000:], 256, 16)
+    layers = collect_hf(model, held_out, criterion)
+    for i, layer in enumerate(layers):
+        for j, p in enumerate(PROJECTIONS):
+            scores = layer[p].score_sample()
+            realized = float((scores < loaded.thresholds[i, j]).double().mean())
+            assert abs(realized - sparsity) <= 0.02, (i, p, realized)
+
+
+def test_greedy_keeps_the_average_and_spends_it_where_error_is_small(tiny_models):
+    model, tok = load_hf_model(str(tiny_models["llama"]))
+    # Make most input channels of o_proj nearly irrelevant (tiny weight columns): dropping
+    # them costs o little relative error, so greedy should sparsify o the most.
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight[:, 8:].mul_(1e-3)
+    layers = collect_hf(model, token_windows(tok, stdlib_prose(100_000), 128, 6), "wina")
+    alloc = greedy_allocation(layers[0], 0.5, "wina")
+    params = {p: layers[0][p].weight.numel() for p in PROJECTIONS}
+    mean = sum(alloc[p] * params[p] for p in PROJECTIONS) / sum(params.values())
+    assert abs(mean - 0.5) < 1e-6
+    assert alloc["o"] == max(alloc.values()) and alloc["o"] > 0.6
+
+
+def test_vllm_tables_from_recorded_inputs():
+    """calibrate_vllm's worker side, on a stand-in module tree with vLLM's names."""
+    torch.manual_seed(0)
+
+    class Linear(torch.nn.Module):
+        def __init__(self, sizes, k):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(sum(sizes), k) * torch.rand(1, k))
+            self.output_partition_sizes = sizes
+            self._wina_rows = [torch.randn(40, k), torch.randn(24, k)]
+            self._wina_hook = self.register_forward_pre_hook(lambda m, a: None)
+
+    model = torch.nn.Module()
+    shapes = {"self_attn.qkv_proj": ([32, 16, 16], 32), "self_attn.o_proj": ([32], 32),
+              "mlp.gate_up_proj": ([48, 48], 32), "mlp.down_proj": ([32], 48)}
+    for name, (sizes, k) in shapes.items():
+        model.register_module(f"model.layers.0.{name}".replace(".", "_"), None)
+    layer = torch.nn.Module()
+    attn, mlp = torch.nn.Module(), torch.nn.Module()
+    attn.qkv_proj, attn.o_proj = Linear(*shapes["self_attn.qkv_proj"]), Linear(*shapes["self_attn.o_proj"])
+    mlp.gate_up_proj, mlp.down_proj = Linear(*shapes["mlp.gate_up_proj"]), Linear(*shapes["mlp.down_proj"])
+    layer.self_attn, layer.mlp = attn, mlp
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer])
+    rows = {"q": attn.qkv_proj, "o": attn.o_proj, "gate": mlp.gate_up_proj, "down": mlp.down_proj}
+    x_of = {p: torch.cat(m._wina_rows) for p, m in rows.items()}
+    out = _tables_from_inputs(model, ["wina", "teal"], [0.5])
+    thr = out["tables"]["wina:0.5"]
+    q_norms = gate.column_scales(attn.qkv_proj.weight.data, [32, 16, 16], "wina")[0]
+    want = torch.quantile((x_of["q"].abs() * q_norms).flatten().double(), 0.5)
+    assert float(thr[0, 0]) == pytest.approx(float(want), rel=1e-6)
+    assert float(out["tables"]["teal:0.5"][0, 6]) == pytest.approx(
+        float(torch.quantile(x_of["down"].abs().flatten().double(), 0.5)), rel=1e-6)
+    assert out["norm_mean"][0, 3] == pytest.approx(float(attn.o_proj.weight.norm(dim=0).mean()))
+    assert not hasattr(attn.qkv_proj, "_wina_rows")
+
+
+def test_hf_module_names_cover_every_projection():
+    assert sorted(HF_MODULES) == sorted(PROJECTIONS)
