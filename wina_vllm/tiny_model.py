@@ -71,3 +71,24 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
     model.save_pretrained(out, safe_serialization=True)
     _train_tokenizer(out, vocab_size)
     return out
+
+
+def write_synthetic_tokenizer(out_dir: str | Path, vocab_size: int) -> Path:
+    """A word-level tokenizer of ``vocab_size`` tokens ``<0> .. <N>`` (for dummy-weight models).
+
+    Load tests need text in and text out; any token id a dummy model emits decodes to a
+    word, and the word encodes back to the same id.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = {f"<{i}>": i for i in range(vocab_size)}  # no token is a substring of another
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<1>", eos_token="<2>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return out

@@ -1,0 +1,125 @@
+"""Load test: `vllm bench serve` (vLLM's own load tester) against `vllm serve`, dense vs WINA.
+
+For each variant a server starts (Llama-3-8B architecture, dummy weights, a synthetic
+word-level tokenizer so that text goes in and out), then `vllm bench serve` runs the
+random dataset at each concurrency. Reports throughput, TTFT, TPOT, p99 and failures.
+
+Usage: python benchmarks/load_test.py --out DIR --name NAME --wina '{"sparsity": 0.5}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from wina_vllm.tiny_model import write_synthetic_tokenizer  # noqa: E402
+
+COMPILATION = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY",
+               "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}
+VLLM = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+
+
+def model_dir(config: Path) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="wina-load-"))
+    shutil.copy(config, d / "config.json")
+    write_synthetic_tokenizer(d, json.loads(config.read_text())["vocab_size"])
+    return d
+
+
+def start_server(model: Path, port: int, wina: dict | None, log: Path, cpu: bool) -> subprocess.Popen:
+    cmd = VLLM + ["serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+                  "--load-format", "dummy", "--max-model-len", "512", "--max-num-seqs", "64",
+                  "--served-model-name", "llama3-8b-dummy"]
+    cmd += ["--enforce-eager", "--dtype", "float32"] if cpu else [
+        "--compilation-config", json.dumps(COMPILATION)]
+    if wina is not None:
+        cmd += ["--quantization", "wina", "--additional-config", json.dumps({"wina": wina})]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError("server did not start: " + log.read_text()[-3000:])
+
+
+def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_len: int) -> dict:
+    n = max(16, 4 * concurrency)
+    fname = f"{name}-c{concurrency}.json"
+    cmd = VLLM + ["bench", "serve", "--backend", "vllm", "--base-url", f"http://127.0.0.1:{port}",
+                  "--model", "llama3-8b-dummy", "--tokenizer", str(model),
+                  "--dataset-name", "random", "--random-input-len", "200",
+                  "--random-output-len", str(out_len), "--ignore-eos", "--num-prompts", str(n),
+                  "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,tpot,itl,e2el",
+                  "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(out),
+                  "--result-filename", fname]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-3000:])
+    r = json.loads((out / fname).read_text())
+    return {"variant": name, "concurrency": concurrency, "num_prompts": n,
+            "completed": r.get("completed"), "failed": n - int(r.get("completed", 0)),
+            "req_s": r.get("request_throughput"), "out_tok_s": r.get("output_throughput"),
+            "ttft_ms": r.get("mean_ttft_ms"), "p99_ttft_ms": r.get("p99_ttft_ms"),
+            "tpot_ms": r.get("mean_tpot_ms"), "p99_tpot_ms": r.get("p99_tpot_ms"),
+            "p99_e2el_ms": r.get("p99_e2el_ms")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "benchmarks/models/llama3-8b/config.json")
+    ap.add_argument("--wina", required=True, help="settings JSON of the WINA variant")
+    ap.add_argument("--name", default="wina", help="name of the WINA variant")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = model_dir(args.config)
+    variants = [("dense", None), (args.name, json.loads(args.wina))]
+    rows = []
+    for name, wina in variants:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = start_server(model, port, wina, args.out / f"serve-{name}.log", args.cpu)
+        try:
+            for c in args.concurrency:
+                rows.append(bench(model, port, c, args.out, name, args.output_len))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    (args.out / "load_test.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| variant | concurrency | req/s | output tok/s | vs dense | mean TTFT ms | p99 TTFT ms "
+             "| mean TPOT ms | p99 TPOT ms | failed |", "|" + "---|" * 10]
+    dense = {r["concurrency"]: r for r in rows if r["variant"] == "dense"}
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['concurrency']} | {r['req_s']:.2f} | "
+                     f"{r['out_tok_s']:.0f} | {r['out_tok_s'] / dense[r['concurrency']]['out_tok_s']:.2f}x "
+                     f"| {r['ttft_ms']:.1f} | {r['p99_ttft_ms']:.1f} | {r['tpot_ms']:.2f} | "
+                     f"{r['p99_tpot_ms']:.2f} | {r['failed']} |")
+    (args.out / "load_test.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
