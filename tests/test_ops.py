@@ -51,3 +51,29 @@ def test_torch_compile_fullgraph_matches_eager():
 def test_workspace_size_counts_eight_column_groups():
     assert ops.workspace_size([4096, 5120, 6144]) == 768
     assert ops.workspace_size([100, 136, 172]) == 13 + 5 + 5  # 96..136 and 136..176 overlap
+
+
+def test_kernel_input_checks_accept_what_the_plugin_passes_and_name_what_is_wrong():
+    """The CUDA wrapper's Python checks, on CPU tensors (the device check is off)."""
+    from wina_vllm import kernels
+    from wina_vllm.packing import pack_linear
+
+    for segments in [(576, 192, 192), (100, 36, 36), (4100,)]:
+        packed = pack_linear(torch.randn(sum(segments), 64, dtype=torch.bfloat16), segments, "wina")
+        args = dict(x=torch.randn(3, 64, dtype=torch.bfloat16), weight_t=packed.weight_t,
+                    bias=torch.randn(sum(segments), dtype=torch.bfloat16), col_scale=packed.scale,
+                    thresholds=torch.zeros(len(segments)), stats=packed.stats,
+                    workspace=packed.workspace, seg_ends=packed.seg_ends)
+        kernels.check_inputs(**args, require_cuda=False)
+        for key, bad, name in [
+                ("x", torch.randn(9, 64, dtype=torch.bfloat16), "token count"),
+                ("x", torch.randn(3, 64), "x"),
+                ("col_scale", packed.scale.double(), "col_scale"),
+                ("weight_t", packed.weight_t[:, :-8].contiguous().float(), "weight_t"),
+                ("bias", torch.randn(7, dtype=torch.bfloat16), "bias"),
+                ("thresholds", torch.zeros(len(segments) + 1), "thresholds"),
+                ("stats", packed.stats.int(), "stats"),
+                ("workspace", packed.workspace[:1], "workspace"),
+                ("seg_ends", packed.seg_ends[::-1] if len(segments) > 1 else [10**6], "seg_ends")]:
+            with pytest.raises(ValueError, match=name):
+                kernels.check_inputs(**{**args, key: bad}, require_cuda=False)

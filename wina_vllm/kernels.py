@@ -45,6 +45,52 @@ def load() -> None:
         ) from exc
 
 
+MAX_TOKENS, MAX_SEGMENTS = 8, 4
+
+
+def _fail(name: str, got, want: str) -> ValueError:
+    return ValueError(f"wina sparse_gemv: {name} {got}; expected {want}")
+
+
+def check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
+                 require_cuda: bool = True) -> None:
+    """The kernel's preconditions, checked in Python so a bad call raises ValueError.
+
+    (The extension's own TORCH_CHECKs were seen to crash the process instead of raising
+    on the H200 box, 2026-11-29; see benchmarks/RESULTS.md.) Costs microseconds, and only
+    in eager calls: CUDA graphs replay the kernel without running this.
+    """
+    m, k = x.shape if x.dim() == 2 else (None, None)
+    if m is None or (require_cuda and not x.is_cuda) or x.dtype not in DTYPES:
+        raise _fail("x", f"{tuple(x.shape)} {x.dtype} on {x.device}", "[M, K] bf16/fp16 on CUDA")
+    if not 1 <= m <= MAX_TOKENS:
+        raise _fail("token count", m, f"1..{MAX_TOKENS}")
+    s = col_scale.shape[0] if col_scale.dim() == 2 else 0
+    if (col_scale.dtype != torch.float32 or col_scale.dim() != 2 or col_scale.shape[1] != k
+            or not 1 <= s <= MAX_SEGMENTS or col_scale.device != x.device):
+        raise _fail("col_scale", f"{tuple(col_scale.shape)} {col_scale.dtype}",
+                    f"[S <= {MAX_SEGMENTS}, K={k}] float32 on x's device")
+    if (weight_t.dtype != x.dtype or weight_t.dim() != 2 or weight_t.shape[0] != k
+            or weight_t.shape[1] % 8 or not weight_t.is_contiguous() or weight_t.device != x.device):
+        raise _fail("weight_t", f"{tuple(weight_t.shape)} {weight_t.dtype}",
+                    f"contiguous [K={k}, ldw % 8 == 0] {x.dtype} on x's device")
+    if len(seg_ends) != s or list(seg_ends) != sorted(set(seg_ends)) or seg_ends[0] <= 0 \
+            or seg_ends[-1] > weight_t.shape[1]:
+        raise _fail("seg_ends", list(seg_ends), f"{s} increasing ends <= {weight_t.shape[1]}")
+    if bias is not None and (bias.dtype != x.dtype or bias.numel() != seg_ends[-1]):
+        raise _fail("bias", f"{tuple(bias.shape)} {bias.dtype}", f"[{seg_ends[-1]}] {x.dtype}")
+    if thresholds.dtype != torch.float32 or thresholds.numel() != s:
+        raise _fail("thresholds", f"{tuple(thresholds.shape)} {thresholds.dtype}",
+                    f"[{s}] float32")
+    if stats.dtype != torch.int64 or stats.numel() != 2 * s:
+        raise _fail("stats", f"{tuple(stats.shape)} {stats.dtype}", f"[{s}, 2] int64")
+    from wina_vllm.ops import workspace_size
+
+    if workspace.dtype != torch.int32 or workspace.numel() < workspace_size(seg_ends):
+        raise _fail("workspace", f"{tuple(workspace.shape)} {workspace.dtype}",
+                    f"at least {workspace_size(seg_ends)} int32 counters")
+
+
 def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int]) -> torch.Tensor:
     """[M, S] per-token k-th largest score per segment, computed on the device."""
     load()
@@ -54,6 +100,7 @@ def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int]) -
 def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep,
                 topk) -> torch.Tensor:
     """Fused gate + sparse GEMV for 1..8 tokens (see csrc/sparse_gemv.cuh)."""
+    check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends)
     thr = topk_thresholds(x, col_scale, keep) if topk else thresholds
     load()
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
