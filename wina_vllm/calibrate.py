@@ -167,30 +167,53 @@ def token_windows(tok, text: str, window: int, count: int) -> list[torch.Tensor]
     return [ids[i * window:(i + 1) * window].unsqueeze(0) for i in range(n)]
 
 
-def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = "wina",
-              greedy: bool = False, text: str | None = None, gguf_file: str | None = None,
-              window: int = 512, windows: int = 16, device: str = "cpu") -> cf.Calibration:
-    """Calibrate a transformers checkpoint and write the calibration file."""
+def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float],
+                   criterion: str = "wina", greedy_options: tuple[bool, ...] = (False,),
+                   text: str | None = None, gguf_file: str | None = None, window: int = 512,
+                   windows: int = 16, device: str = "cpu") -> dict[tuple[float, bool], Path]:
+    """One calibration pass, files for several sparsities: ``<criterion>-<s>[-greedy].safetensors``."""
     from tqdm import tqdm
 
     from wina_vllm.settings import parse_settings
     from wina_vllm.text import stdlib_prose
 
-    parse_settings({"sparsity": sparsity, "criterion": criterion})  # same checks as serving
+    for s in sparsities:
+        parse_settings({"sparsity": s, "criterion": criterion})  # same checks as serving
     model, tok = load_hf_model(model_path, gguf_file, device=device)
     batches = token_windows(tok, text if text is not None else stdlib_prose(), window, windows)
     layers = collect_hf(model, batches, criterion,
                         progress=lambda it: tqdm(it, desc="calibration forward", unit="window"))
-    thresholds, sp = thresholds_from_samples(
-        layers, sparsity, criterion, greedy,
-        progress=lambda it: tqdm(it, desc="thresholds" + (" (greedy)" if greedy else ""),
-                                 unit="layer"))
     nm = norm_means(layers)
-    cal = cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm, criterion=criterion,
-                         target_sparsity=sparsity, greedy=greedy,
-                         fingerprint=cf.model_fingerprint(model.config, nm))
-    cf.save(out, cal)
-    return cal
+    fingerprint = cf.model_fingerprint(model.config, nm)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for greedy in greedy_options:
+        for s in sparsities:
+            thresholds, sp = thresholds_from_samples(
+                layers, s, criterion, greedy,
+                progress=lambda it: tqdm(it, desc=f"thresholds s={s}" + (" greedy" if greedy else ""),
+                                         unit="layer"))
+            path = out / f"{criterion}-{s}{'-greedy' if greedy else ''}.safetensors"
+            cf.save(path, cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm,
+                                         criterion=criterion, target_sparsity=s, greedy=greedy,
+                                         fingerprint=fingerprint))
+            written[(s, greedy)] = path
+    return written
+
+
+def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = "wina",
+              greedy: bool = False, text: str | None = None, gguf_file: str | None = None,
+              window: int = 512, windows: int = 16, device: str = "cpu") -> cf.Calibration:
+    """Calibrate a transformers checkpoint and write one calibration file to ``out``."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (path,) = calibrate_many(model_path, tmp, [sparsity], criterion, (greedy,), text,
+                                 gguf_file, window, windows, device).values()
+        shutil.move(str(path), str(out))
+    return cf.load(out)
 
 
 # -- calibration inside vLLM (any model vLLM loads, dummy weights included) -----------------

