@@ -10,6 +10,9 @@ from conftest import requires_vllm, run_engine
 
 pytestmark = [requires_vllm, pytest.mark.engine]
 PROMPTS = ["The module provides a way to", "Return the number of items in", "A class that"]
+# Three prompts decode 3 tokens a step: let the sparse path take steps of up to 8 tokens
+# (the default, 2, is the H200 kernel's crossover).
+SPARSE_STEPS = {"max_sparse_batch": 8}
 
 
 def _ok(result: dict) -> dict:
@@ -34,7 +37,7 @@ def test_sparsity_zero_equals_dense(tiny_models, dense, arch):
 @pytest.mark.parametrize("criterion", ["wina", "teal"])
 def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, criterion):
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS,
-                       wina={"sparsity": 0.5, "criterion": criterion}))
+                       wina={"sparsity": 0.5, "criterion": criterion, **SPARSE_STEPS}))
     assert all(len(t) == 12 for t in r["tokens"])
     layers = r["sparsity"]
     assert len(layers) == 2 * 4  # 2 decoder layers x (qkv, o, gate_up, down)
@@ -72,7 +75,7 @@ def test_threshold_mode_with_a_calibration_file(tiny_models, tmp_path):
     path = tmp_path / "llama-wina-0.5.safetensors"
     calibrate(str(tiny_models["llama"]), path, 0.5, "wina", window=64, windows=8)
     r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS, max_tokens=24,
-                       wina={"mode": "threshold", "calibration": str(path)}))
+                       wina={"mode": "threshold", "calibration": str(path), **SPARSE_STEPS}))
     values = [s for p in r["sparsity"].values() for s in p.values()]
     assert len(values) == 14 and all(0.3 <= s <= 0.7 for s in values), values
     # A file made for another model's weights is refused at start-up, with the reason.
@@ -119,3 +122,26 @@ def test_quantized_checkpoint_is_refused(tiny_models, tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     r = run_engine(model=str(path), wina={"sparsity": 0.5})
     assert r.get("error") and "fp8" in r["output"]
+
+
+def test_global_transform_keeps_greedy_tokens(tiny_models, dense, tmp_path):
+    """The global-basis variant is a plain checkpoint: vLLM serves it unchanged."""
+    from wina_vllm.transform import transform_checkpoint
+
+    out = transform_checkpoint(str(tiny_models["llama"]), tmp_path / "global", "global")
+    r = _ok(run_engine(model=str(out), prompts=PROMPTS, wina={"sparsity": 0.0}))
+    assert r["tokens"] == dense["llama"]["tokens"]
+
+
+@pytest.mark.parametrize("variant", ["per-layer", "shared"])
+def test_transformed_checkpoint_keeps_greedy_tokens_in_vllm(tiny_models, dense, tmp_path, variant):
+    """WinaLlamaForCausalLM applies the shortcuts: same tokens as the original, dense and
+    through the wina method (every rotated linear gated at sparsity 0.5 runs too)."""
+    from wina_vllm.transform import transform_checkpoint
+
+    out = transform_checkpoint(str(tiny_models["llama"]), tmp_path / variant, variant)
+    r = _ok(run_engine(model=str(out), prompts=PROMPTS))
+    assert r["tokens"] == dense["llama"]["tokens"]
+    sparse = _ok(run_engine(model=str(out), prompts=PROMPTS,
+                            wina={"sparsity": 0.5, **SPARSE_STEPS}))
+    assert all(abs(s - 0.5) <= 0.01 for p in sparse["sparsity"].values() for s in p.values())

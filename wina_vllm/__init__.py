@@ -14,9 +14,15 @@ __version__ = "0.1.0"
 
 @functools.cache
 def register() -> None:
-    """Register the ``"wina"`` quantization method and the ``wina::sparse_linear`` op."""
+    """Register the ``"wina"`` quantization method, the ``wina::sparse_linear`` op and the
+    model class for transformed checkpoints."""
     from wina_vllm import ops  # noqa: F401  (registers torch.ops.wina.sparse_linear)
     from wina_vllm.compat import register_quantization_config
     from wina_vllm.config import WinaConfig
 
     register_quantization_config("wina")(WinaConfig)
+
+    from vllm import ModelRegistry
+
+    # By name: the module (and vLLM's model code) is imported only when such a model loads.
+    ModelRegistry.register_model("WinaLlamaForCausalLM", "wina_vllm.models:WinaLlamaForCausalLM")

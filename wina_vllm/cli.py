@@ -1,4 +1,4 @@
-"""``wina-vllm``: demo, compare, calibrate, tiny-model, check-config, build-ext."""
+"""``wina-vllm``: demo, compare, calibrate, transform, tiny-model, check-config, build-ext."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def cmd_calibrate(args) -> None:
           f"mean sparsity {float(cal.sparsity.mean()):.3f}")
 
 
+def cmd_transform(args) -> None:
+    from wina_vllm.transform import transform_checkpoint
+
+    print(transform_checkpoint(args.model, args.out, args.variant))
+
+
 def cmd_tiny_model(args) -> None:
     from wina_vllm.tiny_model import build_tiny_model
 
@@ -111,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("transform", help="write the orthogonally transformed checkpoint")
+    p.add_argument("model", help="transformers checkpoint directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", choices=["per-layer", "shared", "global"], default="per-layer")
+    p.set_defaults(fn=cmd_transform)
 
     p = sub.add_parser("tiny-model", help="build a tiny random model with a local tokenizer")
     p.add_argument("out")

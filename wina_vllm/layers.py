@@ -18,6 +18,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "WinaLlamaForCausalLM",  # a Llama checkpoint made by `wina-vllm transform`
 )
 
 # vLLM module name -> projections (segments), in the order of its output columns.

@@ -1,0 +1,48 @@
+"""The orthogonal transform computes the same function and orthogonalizes its bases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.double()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_transformed_model_computes_the_same_function(tiny_models, tmp_path, arch, variant):
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models[arch]
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    out = transform_checkpoint(str(src), tmp_path / variant, variant)
+    model, _ = load_transformed(out)
+    ids = torch.randint(5, 500, (2, 48), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(ref, ids), _logits(model, ids)
+    assert float((a - b).norm() / a.norm()) <= 1e-4
+    shortcut_file = (out / "wina_shortcuts.safetensors").exists()
+    assert shortcut_file == (variant != "global")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_basis_matrices_have_orthogonal_columns(tiny_models, tmp_path, variant):
+    out = transform_checkpoint(str(tiny_models["llama"]), tmp_path / variant, variant)
+    model, _ = load_transformed(out)
+    layers = [getattr(layer, "layer", layer) for layer in model.model.layers]
+    checked = [layer.self_attn.k_proj.weight for layer in layers] if variant != "global" else \
+        [torch.cat([layer.self_attn.k_proj.weight for layer in layers])]
+    if variant == "per-layer":
+        checked += [layer.mlp.gate_proj.weight for layer in layers]
+    for w in checked:
+        gram = w.double().t() @ w.double()
+        off = gram - torch.diag(torch.diagonal(gram))
+        assert float(off.abs().max()) <= 1e-5 * float(gram.diagonal().max())
+    # q_proj shares k's basis but is not itself orthogonalized
+    q = layers[0].self_attn.q_proj.weight.double()
+    gram = q.t() @ q
+    assert float((gram - torch.diag(gram.diagonal())).abs().max()) > 1e-3 * float(gram.max())
