@@ -66,6 +66,7 @@ def reference_ppl(model, wins, gates: dict | None) -> float:
     handles = []
     if gates:
         for i, layer in enumerate(model.model.layers):
+            layer = getattr(layer, "layer", layer)  # transformed models wrap their layers
             for p, path in HF_MODULES.items():
                 handles.append(layer.get_submodule(path).register_forward_pre_hook(gates[i][p]))
     nll, count = 0.0, 0
@@ -84,6 +85,7 @@ def reference_ppl(model, wins, gates: dict | None) -> float:
 def make_gates(model, criterion, sparsity, cal: cf.Calibration | None):
     gates = []
     for i, layer in enumerate(model.model.layers):
+        layer = getattr(layer, "layer", layer)
         gates.append({p: ReferenceGate(
             layer.get_submodule(path).weight, criterion,
             float(cal.sparsity[i, PROJECTIONS.index(p)]) if cal else sparsity,

@@ -145,3 +145,11 @@ def test_transformed_checkpoint_keeps_greedy_tokens_in_vllm(tiny_models, dense, 
     sparse = _ok(run_engine(model=str(out), prompts=PROMPTS,
                             wina={"sparsity": 0.5, **SPARSE_STEPS}))
     assert all(abs(s - 0.5) <= 0.01 for p in sparse["sparsity"].values() for s in p.values())
+
+
+def test_transformed_qwen2_with_shortcuts_is_refused(tiny_models, tmp_path):
+    from wina_vllm.transform import transform_checkpoint
+
+    out = transform_checkpoint(str(tiny_models["qwen2"]), tmp_path / "shared", "shared")
+    r = run_engine(model=str(out), prompts=PROMPTS[:1], max_tokens=1)
+    assert r.get("error") and "WinaQwen2ForCausalLM checkpoints" in r["output"]

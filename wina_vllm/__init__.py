@@ -25,4 +25,5 @@ def register() -> None:
     from vllm import ModelRegistry
 
     # By name: the module (and vLLM's model code) is imported only when such a model loads.
-    ModelRegistry.register_model("WinaLlamaForCausalLM", "wina_vllm.models:WinaLlamaForCausalLM")
+    for arch in ("WinaLlamaForCausalLM", "WinaQwen2ForCausalLM", "WinaMistralForCausalLM"):
+        ModelRegistry.register_model(arch, f"wina_vllm.models:{arch}")

@@ -37,6 +37,7 @@ class ProjectionSamples:
     scores: list[torch.Tensor] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)
     seen_rows: int = 0
+    _energy: float | None = None
 
     def add(self, x: torch.Tensor, criterion: str, generator: torch.Generator) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
@@ -55,12 +56,15 @@ class ProjectionSamples:
 
     def relative_error(self, threshold: float, criterion: str) -> float:
         """||W (x * mask) - W x||^2 / ||W x||^2 over the kept input rows."""
-        x = torch.cat(self.rows)
+        if self._energy is None:  # x and ||W x||^2 do not depend on the threshold
+            x = torch.cat(self.rows)
+            self.rows = [x]
+            self._energy = float((x @ self.weight.float().to(x.device).t()).square().sum())
+        x = self.rows[0]
         scale = self.norms if criterion == "wina" else torch.ones_like(self.norms)
-        w = self.weight.float().to(x.device)
-        full = x @ w.t()
         dropped = torch.where(x.abs() * scale >= threshold, 0.0, x)
-        return float((dropped @ w.t()).square().sum() / full.square().sum().clamp_min(1e-30))
+        err = (dropped @ self.weight.float().to(x.device).t()).square().sum()
+        return float(err) / max(self._energy, 1e-30)
 
 
 def quantile(sample: torch.Tensor, q: float) -> float:
@@ -70,48 +74,56 @@ def quantile(sample: torch.Tensor, q: float) -> float:
         float(sample.double().sort().values[int(q * (sample.numel() - 1))])
 
 
+def error_table(layer: dict[str, ProjectionSamples], criterion: str,
+                step: float = GREEDY_STEP) -> dict[str, list[float]]:
+    """Relative output error of each projection at sparsity 0, step, 2 step, ... 0.95."""
+    levels = [round(i * step, 6) for i in range(int(round(0.95 / step)) + 1)]
+    table = {}
+    for p in PROJECTIONS:
+        sample = layer[p].score_sample()
+        thresholds = torch.quantile(sample.double(), torch.tensor(levels, dtype=torch.float64))
+        table[p] = [0.0] + [layer[p].relative_error(float(t), criterion)
+                            for t in thresholds[1:].tolist()]
+    return table
+
+
 def greedy_allocation(layer: dict[str, ProjectionSamples], target: float, criterion: str,
-                      step: float = GREEDY_STEP) -> dict[str, float]:
+                      step: float = GREEDY_STEP,
+                      errors: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Raise, one step at a time, the sparsity of the projection whose output error grows
     least per parameter, until the parameter-weighted mean sparsity reaches ``target``."""
+    errors = errors or error_table(layer, criterion, step)
     params = {p: layer[p].weight.numel() for p in PROJECTIONS}
     total = sum(params.values())
-    samples = {p: layer[p].score_sample() for p in PROJECTIONS}
-
-    def err(p: str, s: float) -> float:
-        return layer[p].relative_error(quantile(samples[p], s), criterion) if s > 0 else 0.0
-
-    sparsity = dict.fromkeys(PROJECTIONS, 0.0)
-    current = dict.fromkeys(PROJECTIONS, 0.0)
-    while sum(sparsity[p] * params[p] for p in PROJECTIONS) / total < target - 1e-9:
-        best, best_cost, best_err = None, float("inf"), 0.0
-        for p in PROJECTIONS:
-            s = round(sparsity[p] + step, 6)
-            if s > 0.95:
-                continue
-            e = err(p, s)
-            cost = (e - current[p]) / (step * params[p])
-            if cost < best_cost:
-                best, best_cost, best_err = p, cost, e
-        if best is None:
+    level = dict.fromkeys(PROJECTIONS, 0)
+    while sum(level[p] * step * params[p] for p in PROJECTIONS) / total < target - 1e-9:
+        candidates = [p for p in PROJECTIONS if level[p] + 1 < len(errors[p])]
+        if not candidates:
             break
-        sparsity[best] = round(sparsity[best] + step, 6)
-        current[best] = best_err
+        best = min(candidates, key=lambda p: (errors[p][level[p] + 1] - errors[p][level[p]])
+                   / (step * params[p]))
+        level[best] += 1
     # The last step may overshoot; scale back uniformly onto the target.
-    mean = sum(sparsity[p] * params[p] for p in PROJECTIONS) / total
-    return {p: min(0.95, sparsity[p] * target / mean) if mean > 0 else 0.0 for p in PROJECTIONS}
+    mean = sum(level[p] * step * params[p] for p in PROJECTIONS) / total
+    return {p: min(0.95, level[p] * step * target / mean) if mean > 0 else 0.0
+            for p in PROJECTIONS}
 
 
 def thresholds_from_samples(layers: list[dict[str, ProjectionSamples]], target: float,
-                            criterion: str, greedy: bool,
-                            progress: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[L, 7] thresholds and sparsities for the target."""
+                            criterion: str, greedy: bool, progress: Callable | None = None,
+                            errors: dict[int, dict[str, list[float]]] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L, 7] thresholds and sparsities for the target. ``errors`` caches each layer's
+    error table across targets (greedy)."""
     n = len(layers)
     thresholds = torch.zeros(n, len(PROJECTIONS))
     sparsity = torch.zeros(n, len(PROJECTIONS))
     for i, layer in enumerate(progress(layers) if progress else layers):
-        alloc = greedy_allocation(layer, target, criterion) if greedy else \
-            dict.fromkeys(PROJECTIONS, target)
+        if greedy and errors is not None and i not in errors:
+            errors[i] = error_table(layer, criterion)
+        alloc = greedy_allocation(layer, target, criterion,
+                                  errors=errors[i] if errors is not None else None) \
+            if greedy else dict.fromkeys(PROJECTIONS, target)
         for j, p in enumerate(PROJECTIONS):
             sparsity[i, j] = alloc[p]
             thresholds[i, j] = quantile(layer[p].score_sample(), alloc[p])
@@ -188,12 +200,13 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    errors: dict[int, dict[str, list[float]]] = {}  # per layer, shared by every target
     for greedy in greedy_options:
         for s in sparsities:
             thresholds, sp = thresholds_from_samples(
                 layers, s, criterion, greedy,
                 progress=lambda it: tqdm(it, desc=f"thresholds s={s}" + (" greedy" if greedy else ""),
-                                         unit="layer"))
+                                         unit="layer"), errors=errors)
             path = out / f"{criterion}-{s}{'-greedy' if greedy else ''}.safetensors"
             cf.save(path, cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm,
                                          criterion=criterion, target_sparsity=s, greedy=greedy,

@@ -70,3 +70,25 @@ class WinaLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix,
                          layer_type=WinaLlamaDecoderLayer)
+
+
+def _refuse(architecture: str) -> type:
+    """A registered class that refuses a transformed checkpoint vLLM cannot serve yet,
+    so that vLLM does not fall back to a class that would ignore its shortcuts."""
+    from vllm.model_executor.models.mistral import MistralForCausalLM
+    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+    base = {"WinaQwen2ForCausalLM": Qwen2ForCausalLM,
+            "WinaMistralForCausalLM": MistralForCausalLM}[architecture]
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        raise ValueError(
+            f"wina: {architecture} checkpoints (made by `wina-vllm transform` with shortcut "
+            "matrices) have no vLLM class yet; transform with --variant global, which needs "
+            "none, or serve the untransformed model")
+
+    return type(architecture, (base,), {"__init__": __init__})
+
+
+WinaQwen2ForCausalLM = _refuse("WinaQwen2ForCausalLM")
+WinaMistralForCausalLM = _refuse("WinaMistralForCausalLM")
