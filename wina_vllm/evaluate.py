@@ -4,7 +4,7 @@ A variant is a vLLM engine, dense or with ``--quantization wina`` and its
 settings. For each, in a fresh process: decode tokens/s of a batch of prompts
 (``ignore_eos``, prefill timed separately and subtracted), perplexity of
 evaluation text from prompt logprobs, and the realized sparsity the op counted.
-``python -m wina_vllm.evaluate '<json>'`` runs one variant and prints its JSON.
+``python -m wina_vllm.evaluate < job.json`` runs one variant and prints its JSON.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def run_in_subprocess(job: Job, env: dict[str, str] | None = None, timeout: floa
     sparsity sends a function to the engine's worker (LLM.apply_model), which vLLM allows
     only with VLLM_ALLOW_INSECURE_SERIALIZATION; the function is this package's own."""
     payload = json.dumps(asdict(job))
-    proc = subprocess.run([sys.executable, "-m", "wina_vllm.evaluate", payload],
+    proc = subprocess.run([sys.executable, "-m", "wina_vllm.evaluate"], input=payload,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
                                **(env or {})})
@@ -140,7 +140,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    raw = json.loads(sys.argv[1])
+    raw = json.loads(sys.stdin.read())  # stdin: the evaluation text can exceed argv limits
     raw["variant"] = Variant(**raw["variant"])
     print(RESULT_MARKER + json.dumps(run_job(Job(**raw))), flush=True)
 
