@@ -26,35 +26,13 @@ sys.path.insert(0, str(ROOT))
 from get_smollm2 import fetch  # noqa: E402
 
 from wina_vllm import calibration_file as cf  # noqa: E402
-from wina_vllm.calibrate import HF_MODULES, calibrate_many, load_hf_model  # noqa: E402
+from wina_vllm.calibrate import calibrate_many, load_hf_model  # noqa: E402
 from wina_vllm.evaluate import Job, Variant, run_in_subprocess  # noqa: E402
-from wina_vllm.settings import PROJECTIONS  # noqa: E402
+from wina_vllm.reference import gated, make_gates  # noqa: E402
 
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 SPARSITIES = [0.25, 0.4, 0.5, 0.65]
 CRITERIA = ["teal", "wina"]
-
-
-class ReferenceGate:
-    """Zero the dropped input channels of one projection (top-k per token, or threshold)."""
-
-    def __init__(self, weight: torch.Tensor, criterion: str, sparsity: float,
-                 threshold: float | None):
-        k = weight.shape[1]
-        self.scale = weight.detach().double().norm(dim=0).float() if criterion == "wina" \
-            else torch.ones(k)
-        self.keep = min(k, max(0, round((1.0 - sparsity) * k)))
-        self.threshold = threshold
-
-    def __call__(self, module, args):
-        x = args[0]
-        score = x.abs().float() * self.scale
-        if self.threshold is not None:
-            mask = score >= self.threshold
-        else:
-            idx = score.topk(self.keep, dim=-1).indices
-            mask = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
-        return (x * mask,)
 
 
 def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
@@ -62,36 +40,14 @@ def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
     return [ids[i * length:(i + 1) * length] for i in range(n)]
 
 
-def reference_ppl(model, wins, gates: dict | None) -> float:
-    handles = []
-    if gates:
-        for i, layer in enumerate(model.model.layers):
-            layer = getattr(layer, "layer", layer)  # transformed models wrap their layers
-            for p, path in HF_MODULES.items():
-                handles.append(layer.get_submodule(path).register_forward_pre_hook(gates[i][p]))
+def reference_ppl(model, wins, gates: list[dict] | None) -> float:
     nll, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for w in wins:
-                logits = model(input_ids=w.unsqueeze(0)).logits[0, :-1].float()
-                nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
-                count += w.numel() - 1
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), gated(model, gates):
+        for w in wins:
+            logits = model(input_ids=w.unsqueeze(0)).logits[0, :-1].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
+            count += w.numel() - 1
     return math.exp(nll / count)
-
-
-def make_gates(model, criterion, sparsity, cal: cf.Calibration | None):
-    gates = []
-    for i, layer in enumerate(model.model.layers):
-        layer = getattr(layer, "layer", layer)
-        gates.append({p: ReferenceGate(
-            layer.get_submodule(path).weight, criterion,
-            float(cal.sparsity[i, PROJECTIONS.index(p)]) if cal else sparsity,
-            float(cal.thresholds[i, PROJECTIONS.index(p)]) if cal else None)
-            for p, path in HF_MODULES.items()})
-    return gates
 
 
 def configs(cal_dir: Path) -> list[dict]:

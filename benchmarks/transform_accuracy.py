@@ -18,10 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from accuracy import WIKI, make_gates, reference_ppl, windows  # noqa: E402
+from accuracy import WIKI, reference_ppl, windows  # noqa: E402
 from get_smollm2 import fetch  # noqa: E402
 
 from wina_vllm.calibrate import load_hf_model  # noqa: E402
+from wina_vllm.reference import make_gates  # noqa: E402
 from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint  # noqa: E402
 
 SPARSITIES = [0.25, 0.5, 0.65]

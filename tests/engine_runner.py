@@ -26,12 +26,18 @@ def main() -> None:
     llm = LLM(**kwargs)
     params = SamplingParams(max_tokens=req.get("max_tokens", 12), temperature=0, logprobs=1,
                             ignore_eos=True)
-    outs = llm.generate(req.get("prompts", ["The module provides a way to"]), params)
+    prompts = req.get("prompts", ["The module provides a way to"])
+    if req.get("prompt_token_ids"):
+        prompts = [{"prompt_token_ids": ids} for ids in req["prompt_token_ids"]]
+        params.prompt_logprobs = 0
+    outs = llm.generate(prompts, params)
     result = {
         "tokens": [list(o.outputs[0].token_ids) for o in outs],
         "logprobs": [[float(next(iter(lp.values())).logprob) if lp else None
                       for lp in (o.outputs[0].logprobs or [])] for o in outs],
         "text": [o.outputs[0].text for o in outs],
+        "prompt_logprobs": [[lp[tok].logprob for tok, lp in zip(ids[1:], o.prompt_logprobs[1:])]
+                            for ids, o in zip(req.get("prompt_token_ids") or [], outs)],
     }
     if req.get("wina") is not None:
         result.update(llm.apply_model(layer_report)[0])
