@@ -14,6 +14,9 @@ WORKDIR /opt/wina-vllm/src
 COPY pyproject.toml README.md ./
 COPY wina_vllm ./wina_vllm
 
+# The ahead-of-time kernel build needs nvcc in the image (vLLM images carry the CUDA
+# toolchain for FlashInfer's JIT); stop with a clear message if this base has none.
+RUN [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] || command -v nvcc >/dev/null || { echo "wina-vllm: base image has no nvcc; use a vLLM image with the CUDA toolkit" >&2; exit 1; }
 # --no-deps: the image's vLLM, torch and CUDA stay exactly as shipped.
 RUN python3 -m pip install --no-deps . \
     && python3 -m pip install "ninja>=1.11" \
