@@ -19,7 +19,8 @@ def main() -> None:
     req = json.loads(sys.argv[1])
     from vllm import LLM, SamplingParams
 
-    kwargs = dict(model=req["model"], enforce_eager=True, dtype=req.get("dtype", "float32"),
+    kwargs = dict(model=req["model"], enforce_eager=req.get("eager", True),
+                  dtype=req.get("dtype", "float32"),
                   max_model_len=256, seed=0)
     if req.get("wina") is not None:
         kwargs.update(quantization="wina", additional_config={"wina": req["wina"]})

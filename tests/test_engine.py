@@ -153,3 +153,13 @@ def test_transformed_qwen2_with_shortcuts_is_refused(tiny_models, tmp_path):
     out = transform_checkpoint(str(tiny_models["qwen2"]), tmp_path / "shared", "shared")
     r = run_engine(model=str(out), prompts=PROMPTS[:1], max_tokens=1)
     assert r.get("error") and "WinaQwen2ForCausalLM checkpoints" in r["output"]
+
+
+def test_compiled_engine_gates_like_the_eager_one(tiny_models):
+    """vLLM's torch.compile path (no enforce_eager): the op traces, its counters still count,
+    and the tokens equal the eager engine's."""
+    eager = _ok(run_engine(model=str(tiny_models["llama"]), wina={"sparsity": 0.5}))
+    compiled = _ok(run_engine(model=str(tiny_models["llama"]), wina={"sparsity": 0.5},
+                              eager=False))
+    assert compiled["tokens"] == eager["tokens"]
+    assert all(abs(s - 0.5) <= 0.01 for p in compiled["sparsity"].values() for s in p.values())
