@@ -18,14 +18,6 @@ template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 5>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 6>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 7>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 8>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 1>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 2>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 3>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 4>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 5>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 6>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 7>();
-template int sparse_gemv_max_cluster<__nv_bfloat16, 8>();
 template void launch_topk_thresholds<__nv_bfloat16>(const void*, const float*, const SegmentKeep&, float*,
                                           int, int, int, cudaStream_t);
 }  // namespace wina

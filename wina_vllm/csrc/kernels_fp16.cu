@@ -18,14 +18,6 @@ template int sparse_gemv_blocks_per_sm<__half, 5>();
 template int sparse_gemv_blocks_per_sm<__half, 6>();
 template int sparse_gemv_blocks_per_sm<__half, 7>();
 template int sparse_gemv_blocks_per_sm<__half, 8>();
-template int sparse_gemv_max_cluster<__half, 1>();
-template int sparse_gemv_max_cluster<__half, 2>();
-template int sparse_gemv_max_cluster<__half, 3>();
-template int sparse_gemv_max_cluster<__half, 4>();
-template int sparse_gemv_max_cluster<__half, 5>();
-template int sparse_gemv_max_cluster<__half, 6>();
-template int sparse_gemv_max_cluster<__half, 7>();
-template int sparse_gemv_max_cluster<__half, 8>();
 template void launch_topk_thresholds<__half>(const void*, const float*, const SegmentKeep&, float*,
                                           int, int, int, cudaStream_t);
 }  // namespace wina

@@ -8,22 +8,16 @@
 // token), compacts the rows any token keeps into shared memory with ballots (in row
 // order, so results are deterministic), then streams those rows, 16 bytes per lane and
 // 8 rows in flight, accumulating in fp32. Rows no token keeps are never read. Warps are
-// summed in shared memory. Chunks (split-K) are summed one of two ways, both in chunk
-// order (deterministic) and adding the bias:
-//  - cluster (sm_90, chunks <= kMaxCluster): the chunks of a tile form one thread-block
-//    cluster; each block leaves its partial in shared memory and, after a cluster barrier,
-//    sums one slice of the tile's columns over all blocks' partials (distributed shared
-//    memory). No global round trips: this is most of a small layer's fixed cost.
-//  - global (older GPUs, or more chunks): partials go to global memory and the last block
-//    to arrive at a tile (arrival counter, reset by that block) sums them.
+// summed in shared memory; chunks are summed by the last block to arrive at a tile
+// (arrival counter, reset by that block), in chunk order, which adds the bias.
 //
 // Constraints: ldw % 8 == 0 (16-byte rows), M <= 8, S <= 4, bf16 or fp16.
+// Limitations: split-K partials cost chunks * M * 256 * 4 bytes per tile of extra
+// L2 traffic; it is small next to the weight rows.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-
-#include <cooperative_groups.h>
 
 #include "sparse_gemv.h"
 
@@ -58,7 +52,7 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
 
 template <typename T, int M>
 __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvParams p) {
-  constexpr int kUnroll = M <= 2 ? 16 : (M <= 4 ? 8 : 4);  // rows in flight per warp
+  constexpr int kUnroll = M <= 4 ? 8 : 4;  // rows in flight per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile = blockIdx.x, chunk = blockIdx.y;
@@ -84,39 +78,32 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
 #pragma unroll
   for (int m = 0; m < M; ++m) thr[m] = p.thr[m * p.thr_m_stride + seg];
 
-  // 1. Gate: score this warp's rows for every token and compact the kept ones. All the
-  // warp's scores are loaded before the first ballot: one round trip, not one per 32 rows.
+  // 1. Gate: score this warp's rows for every token and compact the kept ones.
   const int row_begin = chunk * p.chunk_rows + warp * warp_rows;
   const int row_end = min(row_begin + warp_rows, p.K);
-  constexpr int kGateIters = kMaxChunkRows / kWarps / 32;
-  float xv_all[kGateIters][M], c_all[kGateIters];
-#pragma unroll
-  for (int it = 0; it < kGateIters; ++it) {
-    const int i = row_begin + it * 32 + lane;
-    c_all[it] = i < row_end ? scale[i] : -1.f;  // -1: out of range, never kept
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-      xv_all[it][m] = i < row_end ? Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]) : 0.f;
-  }
   int n_rows = 0;
   long long kept = 0;
-#pragma unroll
-  for (int it = 0; it < kGateIters; ++it) {
-    const int i = row_begin + it * 32 + lane;
+  for (int base = row_begin; base < row_end; base += 32) {
+    const int i = base + lane;
+    float xm[M];
     bool any = false;
+    if (i < row_end) {
+      const float c = scale[i];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const bool keep = c_all[it] >= 0.f && fabsf(xv_all[it][m]) * c_all[it] >= thr[m];
-      if (!keep) xv_all[it][m] = 0.f;
-      any |= keep;
-      kept += keep;
+      for (int m = 0; m < M; ++m) {
+        const float v = Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]);
+        const bool keep = fabsf(v) * c >= thr[m];
+        xm[m] = keep ? v : 0.f;
+        any |= keep;
+        kept += keep;
+      }
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, any);
     if (any) {
       const int pos = n_rows + __popc(ballot & ((1u << lane) - 1u));
       s_idx[pos] = i;
 #pragma unroll
-      for (int m = 0; m < M; ++m) s_x[pos * M + m] = xv_all[it][m];
+      for (int m = 0; m < M; ++m) s_x[pos * M + m] = xm[m];
     }
     n_rows += __popc(ballot);
   }
@@ -194,35 +181,7 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
     return;
   }
 
-  if (p.cluster) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // 4a. Split-K in the cluster: block `chunk` sums columns [lo, lo + per) of every token.
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    __syncthreads();  // every warp is done reading s_red
-#pragma unroll
-    for (int m = 0; m < M; ++m) s_red[m * kTileN + threadIdx.x] = total[m];
-    cluster.sync();
-    const int per = kTileN / p.chunks + (kTileN % p.chunks != 0);
-    const int lo = chunk * per;
-    for (int e = threadIdx.x; e < per * M; e += kThreads) {
-      const int m = e / per, c = lo + e % per, gcol = col0 + c;
-      if (c >= kTileN || gcol < seg_start || gcol >= seg_end) continue;
-      float v = bias != nullptr ? Vec<T>::to_float(bias[gcol]) : 0.f;
-      float parts[kMaxCluster];
-#pragma unroll
-      for (int r = 0; r < kMaxCluster; ++r)
-        parts[r] = r < p.chunks ? cluster.map_shared_rank(s_red, r)[m * kTileN + c] : 0.f;
-#pragma unroll
-      for (int r = 0; r < kMaxCluster; ++r) v += parts[r];
-      out[static_cast<size_t>(m) * p.N + gcol] = Vec<T>::from_float(v);
-    }
-    cluster.sync();  // no block leaves while another still reads its shared memory
-#endif
-    return;
-  }
-
-  // 4b. Split-K in global memory: publish this chunk's partial; the last block of the tile sums them in order.
+  // 4. Split-K: publish this chunk's partial; the last block of the tile sums them in order.
   const int tiles = p.tile_begin[p.num_segments];
   float* part = p.partial + (static_cast<size_t>(chunk) * tiles + tile) * M * kTileN;
 #pragma unroll
@@ -270,64 +229,14 @@ int sparse_gemv_blocks_per_sm() {
   return blocks;
 }
 
-// Largest cluster (chunks per tile) this GPU can co-schedule for one instance: 16, 8 or
-// 1 (no clusters: before sm_90). Cached.
-template <typename T, int M>
-int sparse_gemv_max_cluster() {
-  static int best = -1;
-  if (best < 0) {
-    best = 1;
-    int device = 0, major = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (major >= 9) {
-      sparse_gemv_blocks_per_sm<T, M>();
-      cudaFuncSetAttribute(sparse_gemv_kernel<T, M>,
-                           cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-      for (int size = kMaxCluster; size >= 8 && best == 1; size /= 2) {
-        cudaLaunchConfig_t config{};
-        config.gridDim = dim3(1, size);
-        config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes = kMaxChunkRows * (sizeof(int) + M * sizeof(float));
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = 1;
-        attr[0].val.clusterDim.y = size;
-        attr[0].val.clusterDim.z = 1;
-        config.attrs = attr;
-        config.numAttrs = 1;
-        int clusters = 0;
-        if (cudaOccupancyMaxActiveClusters(&clusters, sparse_gemv_kernel<T, M>, &config) ==
-                cudaSuccess && clusters > 0)
-          best = size;
-      }
-      cudaGetLastError();  // a refused size is not an error of the next launch
-    }
-  }
-  return best;
-}
-
 template <typename T, int M>
 void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream) {
   const size_t list_bytes = static_cast<size_t>(p.chunk_rows) * (sizeof(int) + M * sizeof(float));
   const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
   const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
   sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(p.tile_begin[p.num_segments], p.chunks);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  if (p.cluster) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = p.chunks;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-  }
-  cudaLaunchKernelEx(&config, sparse_gemv_kernel<T, M>, p);
+  const dim3 grid(p.tile_begin[p.num_segments], p.chunks);
+  sparse_gemv_kernel<T, M><<<grid, kThreads, smem, stream>>>(p);
 }
 
 }  // namespace wina

@@ -12,7 +12,6 @@ constexpr int kThreads = 256;    // threads per block: 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileN = 256;      // output columns per block: 32 lanes x 8 columns (16 bytes)
 constexpr int kMaxChunkRows = 1024;
-constexpr int kMaxCluster = 16;  // blocks per cluster (non-portable above 8; sm_90 allows 16)
 
 // Everything one launch of the fused gate + sparse GEMV needs.
 struct SparseGemvParams {
@@ -33,7 +32,6 @@ struct SparseGemvParams {
   int tile_begin[kMaxSegments + 1];  // first tile of each segment; tile_begin[S] = tiles
   int chunk_rows;           // input rows (K) per block, multiple of 32 * kWarps
   int chunks;               // blocks along K per tile
-  bool cluster;             // the chunks of a tile are one cluster (split-K in shared memory)
 };
 
 template <typename T, int M>
@@ -41,9 +39,6 @@ void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream);
 
 template <typename T, int M>
 int sparse_gemv_blocks_per_sm();
-
-template <typename T, int M>
-int sparse_gemv_max_cluster();
 
 // Per-token k-th largest score per segment (top-k mode): thr[m, s].
 struct SegmentKeep {

@@ -7,9 +7,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "sparse_gemv.h"
 
 namespace wina {
@@ -56,48 +53,30 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
   return thr;
 }
 
-// What the host needs to know of the kernel instance for M tokens.
-struct Instance {
-  int blocks_per_sm;
-  int max_cluster;
-};
-
-// The kernel instance for M tokens: launch it (p given) or describe it (p null).
+// The kernel instance for M tokens: launch it (stream) or report its occupancy (no stream).
 template <typename T>
-Instance dispatch_tokens(int M, const SparseGemvParams* p, cudaStream_t stream) {
-#define WINA_CASE(m)                                                                      \
-  case m:                                                                                 \
-    if (p == nullptr)                                                                     \
-      return {sparse_gemv_blocks_per_sm<T, m>(), sparse_gemv_max_cluster<T, m>()};        \
-    launch_sparse_gemv<T, m>(*p, stream);                                                 \
-    return {};
+int dispatch_tokens(int M, const SparseGemvParams* p, cudaStream_t stream) {
+#define WINA_CASE(m)                                                     \
+  case m:                                                                \
+    if (p == nullptr) return sparse_gemv_blocks_per_sm<T, m>();          \
+    launch_sparse_gemv<T, m>(*p, stream);                                \
+    return 0;
   switch (M) {
     WINA_CASE(1) WINA_CASE(2) WINA_CASE(3) WINA_CASE(4)
     WINA_CASE(5) WINA_CASE(6) WINA_CASE(7) WINA_CASE(8)
   }
 #undef WINA_CASE
-  return {};
-}
-
-// WINA_SPLIT_K=global forces the global-memory split-K sum (for comparison and tests);
-// the default uses clusters where the GPU has them. Read per call: cheap, and CUDA graphs
-// replay without calling this.
-bool clusters_allowed() {
-  const char* v = std::getenv("WINA_SPLIT_K");
-  return v == nullptr || std::string(v) != "global";
+  return 0;
 }
 
 // Rows per block along K: as many blocks as fit on the GPU at once (one wave, no
 // tail of a second), whole multiples of 64 rows (8 per warp), at most kMaxChunkRows.
-// With clusters, at most max_cluster chunks, so a tile's chunks form one cluster.
-void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks, int max_cluster) {
-  int wanted = std::max(1, resident_blocks / tiles);
-  if (max_cluster > 1) wanted = std::min(wanted, max_cluster);
+void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks) {
+  const int wanted = std::max(1, resident_blocks / tiles);
   int rows = (p.K + wanted - 1) / wanted;
   rows = std::min(kMaxChunkRows, std::max(64, (rows + 63) / 64 * 64));
   p.chunk_rows = rows;
   p.chunks = (p.K + rows - 1) / rows;
-  p.cluster = max_cluster > 1 && p.chunks > 1 && p.chunks <= max_cluster;
 }
 
 at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
@@ -154,21 +133,19 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   WINA_CHECK(workspace.numel() >= tiles, "workspace has ", workspace.numel(),
              " counters, this layer needs ", tiles);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const Instance inst = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, nullptr)
-                             : dispatch_tokens<__half>(M, nullptr, nullptr);
-  choose_chunks(p, tiles,
-                inst.blocks_per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                clusters_allowed() ? inst.max_cluster : 1);
+  const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, nullptr)
+                          : dispatch_tokens<__half>(M, nullptr, nullptr);
+  choose_chunks(p, tiles, per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor partial;
-  if (p.chunks > 1 && !p.cluster)
+  if (p.chunks > 1)
     partial = at::empty({static_cast<int64_t>(p.chunks) * tiles * M * kTileN},
                         x.options().dtype(at::kFloat));
   p.x = x.data_ptr(); p.wt = weight_t.data_ptr(); p.out = out.data_ptr();
   p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   p.scale = scale.data_ptr<float>(); p.thr = thresholds.data_ptr<float>();
-  p.partial = partial.defined() ? partial.data_ptr<float>() : nullptr;
+  p.partial = p.chunks > 1 ? partial.data_ptr<float>() : nullptr;
   p.counters = workspace.data_ptr<int>();
   p.stats = reinterpret_cast<long long*>(stats.data_ptr<int64_t>());
 
