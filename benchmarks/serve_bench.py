@@ -82,22 +82,26 @@ def calibrate(args, engine: dict, cal_dir: Path, vocab: int) -> None:
 
 
 def variants(cal_dir: Path, names: list[str] | None) -> list[Variant]:
+    """dense; every (criterion, sparsity) in threshold and top-k mode; one without the
+    dense fallback (max_sparse_batch 8). Named criterion-mode-sparsity."""
     def thr(criterion, s, **extra):
         return {"mode": "threshold", "criterion": criterion,
                 "calibration": str(cal_dir / f"{criterion}-{s}.safetensors"), **extra}
 
-    all_variants = [
-        Variant("dense"),
-        Variant("wina-thr-0.25", thr("wina", 0.25)),
-        Variant("wina-thr-0.5", thr("wina", 0.5)),
-        Variant("wina-thr-0.65", thr("wina", 0.65)),
-        Variant("teal-thr-0.5", thr("teal", 0.5)),
-        Variant("teal-thr-0.65", thr("teal", 0.65)),
-        Variant("wina-topk-0.5", {"sparsity": 0.5}),
-        Variant("teal-topk-0.5", {"sparsity": 0.5, "criterion": "teal"}),
-        Variant("wina-thr-0.5-msb8", thr("wina", 0.5, max_sparse_batch=8)),
-    ]
+    all_variants = [Variant("dense")]
+    for criterion in CRITERIA:
+        for s in SPARSITIES:
+            all_variants.append(Variant(f"{criterion}-thr-{s}", thr(criterion, s)))
+            all_variants.append(Variant(f"{criterion}-topk-{s}",
+                                        {"sparsity": s, "criterion": criterion}))
+    all_variants.append(Variant("wina-thr-0.5-msb8", thr("wina", 0.5, max_sparse_batch=8)))
     return [v for v in all_variants if names is None or v.name in names]
+
+
+def transformed_variants(dirs: list[str]) -> list[tuple[Variant, str]]:
+    """WINA top-k 0.5 on transformed checkpoints (issue 7: the shortcut matmuls' cost):
+    compare with the plain model's wina-topk-0.5 of the same run."""
+    return [(Variant(f"wina-topk-0.5@{Path(d).name}", {"sparsity": 0.5}), d) for d in dirs]
 
 
 def main() -> None:
@@ -109,6 +113,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--variants", nargs="+", help="names to run (default: all)")
+    ap.add_argument("--transformed", nargs="+", default=[],
+                    help="transformed checkpoints (or dummy configs) to run at wina-topk-0.5")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -116,13 +122,15 @@ def main() -> None:
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     cal_dir = args.out / "calibration"
     t0 = time.time()
-    calibrate(args, engine, cal_dir, vocab)
-    print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
+    runs = [(v, args.model) for v in variants(cal_dir, args.variants)]
+    if any(v.wina and v.wina.get("mode") == "threshold" for v, _ in runs):
+        calibrate(args, engine, cal_dir, vocab)
+        print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
     results = []
-    for v in variants(cal_dir, args.variants):
+    for v, model in runs + transformed_variants(args.transformed):
         t = time.time()
         try:
-            r = run_in_subprocess(Job(model=args.model, variant=v, batch_sizes=args.batch,
+            r = run_in_subprocess(Job(model=model, variant=v, batch_sizes=args.batch,
                                       prompt_tokens=args.prompt_tokens,
                                       max_tokens=args.max_tokens, engine=engine),
                                   env={"PYTHONPATH": str(ROOT) + os.pathsep +
