@@ -104,6 +104,9 @@ def transformed_variants(dirs: list[str]) -> list[tuple[Variant, str]]:
     return [(Variant(f"wina-topk-0.5@{Path(d).name}", {"sparsity": 0.5}), d) for d in dirs]
 
 
+PREPARE_DUMMY_SHORTCUTS = "wina_vllm.models:identity_shortcuts"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "benchmarks/models/llama3-8b"))
@@ -130,7 +133,8 @@ def main() -> None:
     for v, model in runs + transformed_variants(args.transformed):
         t = time.time()
         try:
-            r = run_in_subprocess(Job(model=model, variant=v, batch_sizes=args.batch,
+            prepare = PREPARE_DUMMY_SHORTCUTS if args.dummy and model in args.transformed else None
+            r = run_in_subprocess(Job(model=model, variant=v, prepare=prepare, batch_sizes=args.batch,
                                       prompt_tokens=args.prompt_tokens,
                                       max_tokens=args.max_tokens, engine=engine),
                                   env={"PYTHONPATH": str(ROOT) + os.pathsep +
@@ -155,7 +159,9 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dense = next(r for r in results if r["variant"]["wina"] is None)
+    dense = next((r for r in results if r["variant"]["wina"] is None), None)
+    if dense is None:
+        return  # nothing to compare with
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         xs = [s["batch"] for s in r["speed"]]

@@ -9,6 +9,7 @@ evaluation text from prompt logprobs, and the realized sparsity the op counted.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ class Job:
     eval_windows: int = 4
     eval_window_tokens: int = 256
     engine: dict[str, Any] = field(default_factory=dict)
+    prepare: str | None = None  # "module:function" applied to the model (LLM.apply_model) first
 
 
 def _decode_speed(llm, batch: int, prompt_tokens: int, max_tokens: int) -> dict:
@@ -88,6 +90,9 @@ def run_job(job: Job) -> dict:
     if job.variant.wina is not None:
         kwargs.update(quantization="wina", additional_config={"wina": job.variant.wina})
     llm = LLM(**kwargs)
+    if job.prepare:
+        module, name = job.prepare.split(":")
+        llm.apply_model(getattr(importlib.import_module(module), name))
     result: dict[str, Any] = {"variant": asdict(job.variant)}
     result["speed"] = [_decode_speed(llm, b, job.prompt_tokens, job.max_tokens)
                        for b in job.batch_sizes]

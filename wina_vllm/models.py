@@ -72,6 +72,22 @@ class WinaLlamaForCausalLM(LlamaForCausalLM):
                          layer_type=WinaLlamaDecoderLayer)
 
 
+def identity_shortcuts(model: torch.nn.Module) -> None:
+    """Set every shortcut matrix to the identity (benchmarks on dummy weights only).
+
+    vLLM's dummy initialisation (small uniform values) shrinks the residual stream ~16x
+    per shortcut, to exact zeros within a few layers, where the gate keeps every channel
+    (all scores tie at 0) and the measured speed is not that of the set sparsity. The
+    identity keeps the stream's scale and costs the same dense multiply.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("shortcut_attn", "shortcut_mlp"):
+                weight = getattr(module, name, None)
+                if isinstance(weight, torch.Tensor):
+                    weight.copy_(torch.eye(weight.shape[0], dtype=weight.dtype))
+
+
 def _refuse(architecture: str) -> type:
     """A registered class that refuses a transformed checkpoint vLLM cannot serve yet,
     so that vLLM does not fall back to a class that would ignore its shortcuts."""
