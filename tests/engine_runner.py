@@ -42,6 +42,11 @@ def main() -> None:
     }
     if req.get("wina") is not None:
         result.update(llm.apply_model(layer_report)[0])
+    if req.get("scrape_port"):  # the worker's Prometheus endpoint (setting metrics_port)
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{req['scrape_port']}/metrics", timeout=10) as r:
+            result["metrics_text"] = r.read().decode()
     print("ENGINE_RESULT " + json.dumps(result), flush=True)
 
 

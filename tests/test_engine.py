@@ -47,6 +47,29 @@ def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, crit
     assert r["logprobs"] != dense[arch]["logprobs"]
 
 
+def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
+    """metrics_port: the worker serves the op's counters; they match LLM.apply_model's."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS, scrape_port=port,
+                       wina={"sparsity": 0.5, "metrics_port": port, **SPARSE_STEPS}))
+    scraped = {}
+    for line in r["metrics_text"].splitlines():
+        if line.startswith("wina_realized_sparsity{"):
+            labels = dict(kv.split("=") for kv in line[line.index("{") + 1:line.index("}")]
+                          .replace('"', "").split(","))
+            scraped[(int(labels["layer"]), labels["linear"], labels["projection"])] = \
+                float(line.rsplit(" ", 1)[1])
+    expected = {(int(name.split(".")[2]), name.rsplit(".", 1)[1], proj): s
+                for name, per_proj in r["sparsity"].items() for proj, s in per_proj.items()}
+    assert scraped.keys() == expected.keys() and len(scraped) == 2 * 7  # 2 layers x q..down
+    for key, value in scraped.items():
+        assert abs(value - expected[key]) < 1e-9 and abs(value - 0.5) <= 0.01, key
+
+
 def test_methods_are_chosen_per_layer(tiny_models):
     r = _ok(run_engine(model=str(tiny_models["llama"]),
                        wina={"sparsity": {"q": 0.5, "gate": 0.5, "down": 0.3},
@@ -147,12 +170,16 @@ def test_transformed_checkpoint_keeps_greedy_tokens_in_vllm(tiny_models, dense, 
     assert all(abs(s - 0.5) <= 0.01 for p in sparse["sparsity"].values() for s in p.values())
 
 
-def test_transformed_qwen2_with_shortcuts_is_refused(tiny_models, tmp_path):
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_transformed_qwen2_and_mistral_keep_greedy_tokens(tiny_models, dense, tmp_path, arch):
+    """Both serve through WinaLlamaForCausalLM (Qwen2 with its q/k/v bias)."""
     from wina_vllm.transform import transform_checkpoint
 
-    out = transform_checkpoint(str(tiny_models["qwen2"]), tmp_path / "shared", "shared")
-    r = run_engine(model=str(out), prompts=PROMPTS[:1], max_tokens=1)
-    assert r.get("error") and "WinaQwen2ForCausalLM checkpoints" in r["output"]
+    out = transform_checkpoint(str(tiny_models[arch]), tmp_path / arch, "per-layer")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "WinaLlamaForCausalLM"]
+    r = _ok(run_engine(model=str(out), prompts=PROMPTS))
+    assert r["tokens"] == dense[arch]["tokens"]
 
 
 def test_compiled_engine_gates_like_the_eager_one(tiny_models):

@@ -10,7 +10,7 @@ from wina_vllm.settings import PROJECTIONS, parse_settings
 def test_defaults():
     s = parse_settings(None)
     assert s.criterion == "wina" and s.mode == "topk" and s.prefill == "dense"
-    assert s.max_sparse_batch == 2 and s.skip_layers == ()
+    assert s.max_sparse_batch == 2 and s.skip_layers == () and s.metrics_port is None
     assert all(s.sparsity_of(p) == 0.5 for p in PROJECTIONS)
 
 
@@ -22,8 +22,9 @@ def test_per_projection_sparsity_fills_missing_with_zero():
 
 def test_full_valid_config():
     s = parse_settings({"sparsity": 0.25, "criterion": "teal", "skip_layers": [3, 0, 3],
-                        "prefill": "sparse", "max_sparse_batch": 4})
+                        "prefill": "sparse", "max_sparse_batch": 4, "metrics_port": 9400})
     assert s.skip_layers == (0, 3) and s.criterion == "teal" and s.max_sparse_batch == 4
+    assert s.metrics_port == 9400
 
 
 def test_threshold_mode(tmp_path):
@@ -50,6 +51,8 @@ def test_threshold_mode(tmp_path):
     ({"prefill": "mixed"}, ["prefill", "'mixed'"]),
     ({"max_sparse_batch": 9}, ["max_sparse_batch", "9", "[0, 8]"]),
     ({"max_sparse_batch": 2.0}, ["max_sparse_batch", "2.0"]),
+    ({"metrics_port": 0}, ["metrics_port", "0", "[1, 65535]"]),
+    ({"metrics_port": "9400"}, ["metrics_port", "'9400'"]),
     ({"sparsty": 0.5}, ["sparsty", "accepted keys"]),
     ([0.5], ["wina", "[0.5]"]),
 ])

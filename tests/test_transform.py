@@ -13,7 +13,7 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.double()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_transformed_model_computes_the_same_function(tiny_models, tmp_path, arch, variant):
     from transformers import AutoModelForCausalLM

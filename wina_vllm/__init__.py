@@ -25,5 +25,5 @@ def register() -> None:
     from vllm import ModelRegistry
 
     # By name: the module (and vLLM's model code) is imported only when such a model loads.
-    for arch in ("WinaLlamaForCausalLM", "WinaQwen2ForCausalLM", "WinaMistralForCausalLM"):
-        ModelRegistry.register_model(arch, f"wina_vllm.models:{arch}")
+    # Transformed Llama, Mistral and Qwen2 checkpoints all name this class (transform.py).
+    ModelRegistry.register_model("WinaLlamaForCausalLM", "wina_vllm.models:WinaLlamaForCausalLM")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
 from vllm.distributed import (
+    get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
@@ -31,7 +32,7 @@ __all__ = [
     "LinearBase", "LinearMethodBase", "ModelWeightParameter", "QuantizationConfig",
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
-    "set_weight_attrs", "tp_world_size", "all_reduce_sum",
+    "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum",
 ]
 
 
@@ -47,6 +48,11 @@ def tp_world_size() -> int:
     if getattr(parallel_state, "_TP", None) is None:
         return 1
     return get_tensor_model_parallel_world_size()
+
+
+def tp_rank() -> int:
+    """This process's tensor-parallel rank, 0 when vLLM's process groups are not set up."""
+    return get_tensor_model_parallel_rank() if tp_world_size() > 1 else 0
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

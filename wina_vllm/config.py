@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from wina_vllm import calibration_file, compat
+from wina_vllm import calibration_file, compat, metrics
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
 from wina_vllm.settings import PROJECTIONS, WinaSettings, parse_settings
 
@@ -131,3 +131,8 @@ class WinaConfig(compat.QuantizationConfig):
             "max_sparse_batch=%d); mean sparsity %s; dense: skip_layers=%s, embeddings, "
             "lm_head and all other layers", len(self._ready), len(layers), s.criterion, s.mode,
             s.prefill, s.max_sparse_batch, summary, list(s.skip_layers))
+        if s.metrics_port is not None:
+            port = s.metrics_port + compat.tp_rank()
+            if metrics.serve(port):
+                logger.info("wina: realized sparsity for Prometheus at http://0.0.0.0:%d/metrics",
+                            port)

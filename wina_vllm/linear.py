@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wina_vllm import gate
+from wina_vllm import gate, metrics
 from wina_vllm.compat import (
     LinearMethodBase,
     ModelWeightParameter,
@@ -76,6 +76,7 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_seg_ends = packed.seg_ends
         layer.wina_keep = gate.keep_counts(k, self.sparsities)
         layer.wina_projections = self.target.projections
+        metrics.track(self.target.layer_index, self.target.name, layer)
         self.config.report_ready(self.target, self.sparsities)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,

@@ -5,8 +5,9 @@ carry the residual stream from one sublayer's basis to the next. ``WinaLlamaForC
 is vLLM's ``LlamaForCausalLM`` built with a decoder layer that, where the checkpoint has a
 shortcut, adds the sublayer output to the residual and multiplies by the shortcut before
 the next norm. Everything else (loading, TP, the "wina" quantization of the rotated
-linears) is vLLM's own code. The global-basis variant has no shortcut and is served by
-the original class.
+linears) is vLLM's own code. Transformed Mistral and Qwen2 checkpoints use this class too
+(their decoder layers are Llama's; Qwen2's q/k/v bias comes from the config's ``qkv_bias``).
+The global-basis variant has no shortcut and is served by the original class.
 
 Constraints: the shortcut multiply runs dense on the full hidden size on every rank.
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import torch
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
-
-TRANSFORMED_ARCHITECTURES = {"WinaLlamaForCausalLM": "LlamaForCausalLM"}
 
 
 def shortcut_flags(config, layer_index: int) -> tuple[bool, bool]:
@@ -86,25 +85,3 @@ def identity_shortcuts(model: torch.nn.Module) -> None:
                 weight = getattr(module, name, None)
                 if isinstance(weight, torch.Tensor):
                     weight.copy_(torch.eye(weight.shape[0], dtype=weight.dtype))
-
-
-def _refuse(architecture: str) -> type:
-    """A registered class that refuses a transformed checkpoint vLLM cannot serve yet,
-    so that vLLM does not fall back to a class that would ignore its shortcuts."""
-    from vllm.model_executor.models.mistral import MistralForCausalLM
-    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
-
-    base = {"WinaQwen2ForCausalLM": Qwen2ForCausalLM,
-            "WinaMistralForCausalLM": MistralForCausalLM}[architecture]
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        raise ValueError(
-            f"wina: {architecture} checkpoints (made by `wina-vllm transform` with shortcut "
-            "matrices) have no vLLM class yet; transform with --variant global, which needs "
-            "none, or serve the untransformed model")
-
-    return type(architecture, (base,), {"__init__": __init__})
-
-
-WinaQwen2ForCausalLM = _refuse("WinaQwen2ForCausalLM")
-WinaMistralForCausalLM = _refuse("WinaMistralForCausalLM")

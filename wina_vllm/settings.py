@@ -30,13 +30,14 @@ class WinaSettings:
     skip_layers: tuple[int, ...] = ()
     prefill: str = "dense"
     max_sparse_batch: int = DEFAULT_MAX_SPARSE_BATCH
+    metrics_port: int | None = None  # Prometheus endpoint of each worker (port + TP rank)
 
     def sparsity_of(self, projection: str) -> float:
         return self.sparsity[projection]
 
 
 _KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
-         "max_sparse_batch")
+         "max_sparse_batch", "metrics_port")
 
 
 def _fail(key: str, value: Any, accepted: str) -> ValueError:
@@ -108,6 +109,13 @@ def parse_settings(raw: Mapping[str, Any] | None) -> WinaSettings:
         raise _fail("max_sparse_batch", max_sparse_batch,
                     f"an integer in [0, {MAX_KERNEL_BATCH}] (0 runs every step dense)")
 
+    metrics_port = raw.get("metrics_port")
+    if metrics_port is not None and (isinstance(metrics_port, bool)
+                                     or not isinstance(metrics_port, int)
+                                     or not 1 <= metrics_port <= 65535):
+        raise _fail("metrics_port", metrics_port, "a TCP port in [1, 65535] (worker of "
+                    "tensor-parallel rank r serves on port + r), or null for none")
+
     return WinaSettings(
         sparsity=_parse_sparsity(raw.get("sparsity", 0.5)),
         criterion=_parse_choice("criterion", raw.get("criterion", "wina"), CRITERIA),
@@ -116,4 +124,5 @@ def parse_settings(raw: Mapping[str, Any] | None) -> WinaSettings:
         skip_layers=_parse_skip_layers(raw.get("skip_layers", [])),
         prefill=_parse_choice("prefill", raw.get("prefill", "dense"), PREFILL),
         max_sparse_batch=max_sparse_batch,
+        metrics_port=metrics_port,
     )

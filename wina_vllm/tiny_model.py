@@ -1,7 +1,7 @@
 """Tiny random models with a locally trained tokenizer, for demos and engine tests.
 
 No model hub is reachable on CI, so the project builds its own: a few-layer
-Llama, Qwen2 or Gemma3 with seeded random weights and a byte-level BPE
+Llama, Qwen2, Gemma3 or Mistral with seeded random weights and a byte-level BPE
 tokenizer trained on :func:`wina_vllm.text.stdlib_prose`.
 """
 
@@ -13,7 +13,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-ARCHS = ("llama", "qwen2", "gemma3")
+ARCHS = ("llama", "qwen2", "gemma3", "mistral")
 
 
 def _train_tokenizer(out: Path, vocab_size: int) -> None:
@@ -46,6 +46,8 @@ def _config(arch: str, vocab_size: int):
         return tf.LlamaConfig(**common, head_dim=32)
     if arch == "qwen2":
         return tf.Qwen2Config(**common)
+    if arch == "mistral":
+        return tf.MistralConfig(**common, head_dim=32, sliding_window=None)
     if arch == "gemma3":
         return tf.Gemma3TextConfig(**common, head_dim=32, sliding_window=64)
     raise ValueError(f"arch: got {arch!r}; accepted: {', '.join(ARCHS)}")

@@ -16,6 +16,10 @@ Variants (``VARIANTS``):
 - ``global``: one basis for the whole model (from all k_proj rows stacked); no shortcut,
   so the result is a plain checkpoint of the original architecture.
 
+Serving: a checkpoint with shortcuts names ``WinaLlamaForCausalLM`` (wina_vllm/models.py)
+whatever it was made from: Llama, Mistral and Qwen2 decoder layers are the same in vLLM's
+Llama class, Qwen2's q/k/v bias included (the config's ``qkv_bias``, which that class reads).
+
 Constraints: Llama, Mistral and Qwen2 (pre-norm RMSNorm, no norm offset). Work is done in
 float64 and saved in the model's dtype.
 """
@@ -92,8 +96,10 @@ def transform_model(model, variant: str, progress=None) -> dict[int, dict[str, t
     _set(model.lm_head, lm_head @ mlp_b[-1])
     model.model.norm.weight.data.fill_(1.0)
     model.config.wina_transform = {"variant": variant, "format_version": 1}
-    if shortcuts:  # vLLM must pick the class that applies them, or refuse the checkpoint
-        model.config.architectures = [f"Wina{a}" for a in archs]
+    if shortcuts:  # vLLM must pick the class that applies them
+        model.config.architectures = ["WinaLlamaForCausalLM"]
+        if any(a.startswith("Qwen2") for a in archs):
+            model.config.qkv_bias = True  # vLLM's Llama layer: bias on q/k/v, none on o
     return shortcuts
 
 
