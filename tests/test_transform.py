@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import requires_vllm
+
 from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint
 
 
@@ -46,3 +48,18 @@ def test_basis_matrices_have_orthogonal_columns(tiny_models, tmp_path, variant):
     q = layers[0].self_attn.q_proj.weight.double()
     gram = q.t() @ q
     assert float((gram - torch.diag(gram.diagonal())).abs().max()) > 1e-3 * float(gram.max())
+
+
+@requires_vllm
+def test_identity_shortcuts_for_dummy_benchmarks():
+    """Dummy weights' shortcuts become the identity (benchmarks/serve_bench.py --transformed)."""
+    from wina_vllm.models import identity_shortcuts
+
+    layers = torch.nn.ModuleList([torch.nn.Module() for _ in range(2)])
+    layers[0].shortcut_attn = torch.nn.Parameter(torch.rand(8, 8), requires_grad=False)
+    layers[0].shortcut_mlp = torch.nn.Parameter(torch.rand(8, 8), requires_grad=False)
+    layers[1].shortcut_attn, layers[1].shortcut_mlp = None, None
+    identity_shortcuts(layers)
+    assert torch.equal(layers[0].shortcut_attn, torch.eye(8))
+    assert torch.equal(layers[0].shortcut_mlp, torch.eye(8))
+    assert layers[1].shortcut_mlp is None
