@@ -9,6 +9,9 @@ GPU (H200, vLLM 0.26): full CUDA graphs for decode (FULL_DECODE_ONLY), no Induct
 (compilation mode NONE), which keeps start-up short; dense runs in the same setup.
 
 Usage: python benchmarks/serve_bench.py --out DIR [--model benchmarks/models/llama3-8b]
+       [--variants NAME ...] [--transformed benchmarks/models/llama3-8b-per-layer ...]
+       [--no-dummy --model artifacts/smollm2-135m]
+Variant names: dense, {wina,teal}-{thr,topk}-{0.25,0.5,0.65}, wina-thr-0.5-msb8.
 """
 
 from __future__ import annotations
