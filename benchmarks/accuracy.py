@@ -35,6 +35,17 @@ SPARSITIES = [0.25, 0.4, 0.5, 0.65]
 CRITERIA = ["teal", "wina"]
 
 
+def eval_text() -> str:
+    """The evaluation text every accuracy script scores (so their windows are the same)."""
+    return WIKI.read_text()[:200_000]
+
+
+def add_window_args(ap: argparse.ArgumentParser) -> None:
+    """--windows / --window-tokens, with the defaults every accuracy script shares."""
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--window-tokens", type=int, default=512)
+
+
 def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     return [ids[i * length:(i + 1) * length] for i in range(n)]
@@ -75,8 +86,7 @@ def wina_settings(cfg: dict) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/accuracy")
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--window-tokens", type=int, default=512)
+    add_window_args(ap)
     ap.add_argument("--vllm", choices=["all", "subset", "none"], default="subset",
                     help="which configurations also run through vLLM")
     args = ap.parse_args()
@@ -91,7 +101,7 @@ def main() -> None:
                            windows=16)
     print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
     model, tok = load_hf_model(str(model_dir))
-    text = WIKI.read_text()[:200_000]
+    text = eval_text()
     wins = windows(tok, text, args.windows, args.window_tokens)
     rows = []
     for cfg in configs(cal_dir):

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from accuracy import WIKI, reference_ppl, windows  # noqa: E402
+from accuracy import add_window_args, eval_text, reference_ppl, windows  # noqa: E402
 from get_smollm2 import fetch  # noqa: E402
 
 from wina_vllm.calibrate import load_hf_model  # noqa: E402
@@ -31,11 +31,10 @@ from wina_vllm.reference import make_gates  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/precision_floor")
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--window-tokens", type=int, default=512)
+    add_window_args(ap)
     args = ap.parse_args()
     model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
-    text = WIKI.read_text()[:200_000]
+    text = eval_text()
     rows = []
     for dtype in (torch.float32, torch.float64):
         model, tok = load_hf_model(str(model_dir), dtype=dtype)
