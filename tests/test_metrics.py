@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from wina_vllm import metrics, ops
 from wina_vllm.packing import pack_linear
