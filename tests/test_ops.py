@@ -77,3 +77,15 @@ def test_kernel_input_checks_accept_what_the_plugin_passes_and_name_what_is_wron
                 ("seg_ends", packed.seg_ends[::-1] if len(segments) > 1 else [10**6], "seg_ends")]:
             with pytest.raises(ValueError, match=name):
                 kernels.check_inputs(**{**args, key: bad}, require_cuda=False)
+
+
+def test_cuda_impl_gates_dtypes_the_kernel_lacks():
+    """A float32 decode step on CUDA runs the gated torch path, as on the CPU, not dense
+    (the fallback is plain torch, so it runs here on CPU tensors)."""
+    args = _args(m=2)
+    expected = ops.sparse_linear(*args)
+    kept = args[5].clone()
+    args[5].zero_()
+    out = ops._sparse_linear_cuda(*args)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(args[5], kept) and kept[:, 0].sum() > 0

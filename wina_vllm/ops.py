@@ -53,9 +53,9 @@ SCHEMA = ("sparse_linear(Tensor x, Tensor weight_t, Tensor? bias, Tensor col_sca
           "int[] keep, bool topk, int max_sparse_batch, bool sparse_large_batch) -> Tensor")
 
 
-def _sparse_linear_cpu(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
+def _sparse_linear_torch(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
                        keep, topk, max_sparse_batch, sparse_large_batch):
-    """WINA-gated ``x @ weight_t[:, :N] + bias`` (the torch reference; see the schema).
+    """WINA-gated ``x @ weight_t[:, :N] + bias`` in torch ops, on any device (see the schema).
 
     x: [M, K]; weight_t: [K, ldw]; bias: [N] or None; col_scale: [S, K] float32;
     thresholds: [S] float32 (threshold mode); stats: [S, 2] int64, adds
@@ -75,14 +75,13 @@ def _sparse_linear_cuda(x, weight_t, bias, col_scale, thresholds, stats, workspa
                         keep, topk, max_sparse_batch, sparse_large_batch):
     from wina_vllm import kernels
 
-    m = x.shape[0]
-    if 0 < m <= max_sparse_batch and x.dtype in kernels.DTYPES:
+    if 0 < x.shape[0] <= max_sparse_batch and x.dtype in kernels.DTYPES:
         return kernels.sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace,
                                    seg_ends, keep, topk)
-    if m == 0 or not sparse_large_batch:
-        return dense_linear(x, weight_t, bias, seg_ends[-1])
-    return reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends,
-                                   keep, topk)
+    # Everything else (large steps, dtypes the kernel lacks such as float32) as on the CPU,
+    # so a small float32 step is gated, not silently dense.
+    return _sparse_linear_torch(x, weight_t, bias, col_scale, thresholds, stats, workspace,
+                                seg_ends, keep, topk, max_sparse_batch, sparse_large_batch)
 
 
 def _sparse_linear_fake(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
@@ -96,7 +95,7 @@ def _sparse_linear_fake(x, weight_t, bias, col_scale, thresholds, stats, workspa
 # step of an eager or piecewise-compiled engine). vLLM registers its own ops the same way.
 _LIBRARY = torch.library.Library("wina", "DEF")
 _LIBRARY.define(SCHEMA)
-_LIBRARY.impl("sparse_linear", _sparse_linear_cpu, "CPU")
+_LIBRARY.impl("sparse_linear", _sparse_linear_torch, "CPU")
 _LIBRARY.impl("sparse_linear", _sparse_linear_cuda, "CUDA")
 torch.library.register_fake("wina::sparse_linear", _sparse_linear_fake, lib=_LIBRARY)
 sparse_linear = torch.ops.wina.sparse_linear
