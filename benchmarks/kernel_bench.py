@@ -85,12 +85,13 @@ def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) 
             union = sum(int(gate.gate_mask(gate.scores(x, p.scale), thr_wina).any(0).sum())
                         for x, p in zip(xs, packs)) / copies / len(segments)
 
-            def ours(topk: bool):
+            def ours(topk: bool, pdl: bool = True):
                 return [lambda p=p, x=x: kernels.sparse_gemv(
                     x, p.weight_t, None, p.scale, thr_wina, p.stats, p.workspace, p.seg_ends,
-                    keep, topk) for p, x in zip(packs, xs)]
+                    keep, topk, pdl) for p, x in zip(packs, xs)]
 
             t_thr = graph_time_us(ours(False))
+            t_thr_plain = graph_time_us(ours(False, pdl=False))
             t_topk = graph_time_us(ours(True))
             t_teal = min(graph_time_us([lambda p=p, x=x, c=c: teal_sparse_gemv(
                 x, p.weight_t, n, thr_teal, c) for p, x in zip(teal_packs, xs)])
@@ -98,7 +99,8 @@ def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) 
             active_bytes = union * packs[0].weight_t.shape[1] * 2
             rows.append(dict(
                 layer=name, K=k, N=n, M=m, sparsity=sparsity, dtype=str(dtype),
-                dense_us=dense_us, wina_threshold_us=t_thr, wina_topk_us=t_topk,
+                dense_us=dense_us, wina_threshold_us=t_thr,
+                wina_threshold_no_pdl_us=t_thr_plain, wina_topk_us=t_topk,
                 teal_triton_us=t_teal, speedup_threshold=dense_us / t_thr,
                 speedup_topk=dense_us / t_topk, speedup_teal=dense_us / t_teal,
                 active_rows=union, active_bytes=active_bytes,
@@ -107,8 +109,9 @@ def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) 
                 bw_fraction=active_bytes / (t_thr * 1e-6) / bw))
             r = rows[-1]
             print(f"{name:22s} M={m} s={sparsity:.2f} dense {dense_us:6.1f} | thr {t_thr:6.1f} "
-                  f"({r['speedup_threshold']:.2f}x, {r['bw_fraction']:.0%} bw) | topk "
-                  f"{t_topk:6.1f} ({r['speedup_topk']:.2f}x) | teal {t_teal:6.1f} "
+                  f"({r['speedup_threshold']:.2f}x, {r['bw_fraction']:.0%} bw; no PDL "
+                  f"{t_thr_plain:6.1f}) | topk {t_topk:6.1f} ({r['speedup_topk']:.2f}x) | "
+                  f"teal {t_teal:6.1f} "
                   f"({r['speedup_teal']:.2f}x)", flush=True)
     return rows
 
@@ -134,14 +137,15 @@ def write_report(result: dict, out: Path) -> None:
     lines = [f"# Kernel benchmark ({result['device']}, {result['date']})", "",
              f"copy bandwidth {result['copy_bw_tbs']:.2f} TB/s; times in us, median of "
              "CUDA-graph replays; speedup = cuBLAS dense / variant.", "",
-             "| layer | M | sparsity | dense | WINA thr | x | WINA topk | x | TEAL-Triton | x "
-             "| bound | BW active |", "|" + "---|" * 12]
+             "| layer | M | sparsity | dense | WINA thr | x | thr, no PDL | WINA topk | x "
+             "| TEAL-Triton | x | bound | BW active |", "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['M']} | {r['sparsity']:.2f} | {r['dense_us']:.1f} | "
             f"{r['wina_threshold_us']:.1f} | {r['speedup_threshold']:.2f} | "
-            f"{r['wina_topk_us']:.1f} | {r['speedup_topk']:.2f} | {r['teal_triton_us']:.1f} | "
-            f"{r['speedup_teal']:.2f} | {r['bound_us']:.1f} | {r['bw_fraction']:.0%} |")
+            f"{r['wina_threshold_no_pdl_us']:.1f} | {r['wina_topk_us']:.1f} | "
+            f"{r['speedup_topk']:.2f} | {r['teal_triton_us']:.1f} | {r['speedup_teal']:.2f} | "
+            f"{r['bound_us']:.1f} | {r['bw_fraction']:.0%} |")
     lines += ["", "Dense path (input-major `x @ Wt`) vs `F.linear`:", "",
               "| K x N | M | F.linear | input-major | ratio |", "|---|---|---|---|---|"]
     for r in result["dense_path"]:

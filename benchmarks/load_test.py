@@ -5,6 +5,7 @@ word-level tokenizer so that text goes in and out), then `vllm bench serve` runs
 random dataset at each concurrency. Reports throughput, TTFT, TPOT, p99 and failures.
 
 Usage: python benchmarks/load_test.py --out DIR --name NAME --wina '{"sparsity": 0.5}'
+       [--compile default]   (vLLM's default Inductor setup instead of plain CUDA graphs)
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compile_modes import COMPILE_MODES  # noqa: E402
+
 from wina_vllm.tiny_model import write_synthetic_tokenizer  # noqa: E402
 
-COMPILATION = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY",
-               "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}
 VLLM = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
 
@@ -37,16 +39,17 @@ def model_dir(config: Path) -> Path:
     return d
 
 
-def start_server(model: Path, port: int, wina: dict | None, log: Path, cpu: bool) -> subprocess.Popen:
+def start_server(model: Path, port: int, wina: dict | None, log: Path, cpu: bool,
+                 compile_mode: str) -> subprocess.Popen:
     cmd = VLLM + ["serve", str(model), "--host", "127.0.0.1", "--port", str(port),
                   "--load-format", "dummy", "--max-model-len", "512", "--max-num-seqs", "64",
                   "--served-model-name", "llama3-8b-dummy"]
     cmd += ["--enforce-eager", "--dtype", "float32"] if cpu else [
-        "--compilation-config", json.dumps(COMPILATION)]
+        "--compilation-config", json.dumps(COMPILE_MODES[compile_mode])]
     if wina is not None:
         cmd += ["--quantization", "wina", "--additional-config", json.dumps({"wina": wina})]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # Inductor compiles take minutes
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-3000:]}")
@@ -90,6 +93,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
+    ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,8 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = start_server(model, port, wina, args.out / f"serve-{name}.log", args.cpu)
+        server = start_server(model, port, wina, args.out / f"serve-{name}.log", args.cpu,
+                              args.compile)
         try:
             for c in args.concurrency:
                 rows.append(bench(model, port, c, args.out, name, args.output_len))

@@ -5,12 +5,15 @@ Threshold-mode variants use calibration files made first, inside vLLM, on the sa
 (dummy or real) weights (wina_vllm.calibrate.calibrate_vllm). Decode tokens/s per batch
 size subtracts the prefill (a max_tokens=1 run) from the full run.
 
-GPU (H200, vLLM 0.26): full CUDA graphs for decode (FULL_DECODE_ONLY), no Inductor
-(compilation mode NONE), which keeps start-up short; dense runs in the same setup.
+GPU (H200, vLLM 0.26): ``--compile graphs`` (the default here) runs full CUDA graphs for
+decode (FULL_DECODE_ONLY) without Inductor, which keeps start-up short; ``--compile
+default`` runs vLLM's own default (Inductor, piecewise + full graphs). Dense runs in the
+same setup.
 
 Usage: python benchmarks/serve_bench.py --out DIR [--model benchmarks/models/llama3-8b]
        [--variants NAME ...] [--transformed benchmarks/models/llama3-8b-per-layer ...]
-       [--no-dummy --model artifacts/smollm2-135m]
+       [--no-dummy --model artifacts/smollm2-135m] [--compile default]
+       [--calibration-dir DIR]   (reuse {criterion}-{sparsity}.safetensors files there)
 Variant names: dense, {wina,teal}-{thr,topk}-{0.25,0.5,0.65}, wina-thr-0.5-msb8.
 """
 
@@ -27,10 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compile_modes import COMPILE_MODES  # noqa: E402
 
 from wina_vllm.evaluate import Job, Variant, format_table, run_in_subprocess  # noqa: E402
 
-CAPTURE = [1, 2, 4, 8, 16, 32, 64]
 CRITERIA = ["wina", "teal"]
 SPARSITIES = [0.25, 0.5, 0.65]
 
@@ -40,8 +45,7 @@ def engine_kwargs(args) -> dict:
     if args.dummy:
         kw.update(load_format="dummy", skip_tokenizer_init=True)
     if args.device == "cuda":
-        kw.update(dtype="bfloat16", compilation_config={
-            "mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY", "cudagraph_capture_sizes": CAPTURE})
+        kw.update(dtype="bfloat16", compilation_config=COMPILE_MODES[args.compile])
     else:
         kw.update(dtype="float32", enforce_eager=True)
     return kw
@@ -121,15 +125,19 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", help="names to run (default: all)")
     ap.add_argument("--transformed", nargs="+", default=[],
                     help="transformed checkpoints (or dummy configs) to run at wina-topk-0.5")
+    ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
+    ap.add_argument("--calibration-dir", type=Path,
+                    help="threshold files made earlier for these weights (skips calibration)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     engine = engine_kwargs(args)
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
-    cal_dir = args.out / "calibration"
+    cal_dir = args.calibration_dir or args.out / "calibration"
     t0 = time.time()
     runs = [(v, args.model) for v in variants(cal_dir, args.variants)]
-    if any(v.wina and v.wina.get("mode") == "threshold" for v, _ in runs):
+    if args.calibration_dir is None and any(v.wina and v.wina.get("mode") == "threshold"
+                                            for v, _ in runs):
         calibrate(args, engine, cal_dir, vocab)
         print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
     results = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -21,3 +22,14 @@ def build_dir() -> Path:
 def build_verbose() -> bool:
     """WINA_BUILD_VERBOSE=1: print the compiler's commands and output."""
     return os.environ.get("WINA_BUILD_VERBOSE", "0") == "1"
+
+
+@functools.cache
+def programmatic_launch() -> bool:
+    """WINA_PDL=0: launch the sparse kernel without programmatic dependent launch.
+
+    On by default (sm_90 only): the kernel's launch overlaps the previous kernel's tail.
+    Read once per process; the switch exists for A/B measurements and as a way out if a
+    driver mishandles it.
+    """
+    return os.environ.get("WINA_PDL", "1") != "0"

@@ -98,10 +98,14 @@ def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int]) -
 
 
 def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep,
-                topk) -> torch.Tensor:
-    """Fused gate + sparse GEMV for 1..8 tokens (see csrc/sparse_gemv.cuh)."""
+                topk, pdl: bool | None = None) -> torch.Tensor:
+    """Fused gate + sparse GEMV for 1..8 tokens (see csrc/sparse_gemv.cuh).
+
+    ``pdl``: programmatic dependent launch; None takes ``WINA_PDL`` (on by default).
+    """
     check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends)
     thr = topk_thresholds(x, col_scale, keep) if topk else thresholds
     load()
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
-                                        stats, workspace, seg_ends)
+                                        stats, workspace, seg_ends,
+                                        envs.programmatic_launch() if pdl is None else pdl)

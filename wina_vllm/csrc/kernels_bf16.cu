@@ -2,14 +2,14 @@
 #include "topk_thresholds.cuh"
 
 namespace wina {
-template void launch_sparse_gemv<__nv_bfloat16, 1>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 2>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 3>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 4>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 5>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 6>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 7>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__nv_bfloat16, 8>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 1>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 2>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 3>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 4>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 5>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 6>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 7>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__nv_bfloat16, 8>(const SparseGemvParams&, bool, cudaStream_t);
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 1>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 2>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 3>();

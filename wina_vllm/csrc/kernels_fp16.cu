@@ -2,14 +2,14 @@
 #include "topk_thresholds.cuh"
 
 namespace wina {
-template void launch_sparse_gemv<__half, 1>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 2>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 3>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 4>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 5>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 6>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 7>(const SparseGemvParams&, cudaStream_t);
-template void launch_sparse_gemv<__half, 8>(const SparseGemvParams&, cudaStream_t);
+template void launch_sparse_gemv<__half, 1>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 2>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 3>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 4>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 5>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 6>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 7>(const SparseGemvParams&, bool, cudaStream_t);
+template void launch_sparse_gemv<__half, 8>(const SparseGemvParams&, bool, cudaStream_t);
 template int sparse_gemv_blocks_per_sm<__half, 1>();
 template int sparse_gemv_blocks_per_sm<__half, 2>();
 template int sparse_gemv_blocks_per_sm<__half, 3>();

@@ -11,6 +11,11 @@
 // summed in shared memory; chunks are summed by the last block to arrive at a tile
 // (arrival counter, reset by that block), in chunk order, which adds the bias.
 //
+// Programmatic dependent launch (sm_90, when the launch asks for it): a block lets the
+// next kernel on the stream begin launching at once, and waits for the previous kernel's
+// results (x, top-k thresholds, the counters) before its first read, so launch and block
+// start-up overlap the previous kernel's tail.
+//
 // Constraints: ldw % 8 == 0 (16-byte rows), M <= 8, S <= 4, bf16 or fp16.
 // Limitations: split-K partials cost chunks * M * 256 * 4 bytes per tile of extra
 // L2 traffic; it is small next to the weight rows.
@@ -50,8 +55,22 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   return r;
 }
 
+// griddepcontrol: no-ops when the kernel was not launched with programmatic serialization.
+__device__ __forceinline__ void allow_next_kernel_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 template <typename T, int M>
 __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvParams p) {
+  allow_next_kernel_launch();
+  wait_for_previous_kernel();
   constexpr int kUnroll = M <= 4 ? 8 : 4;  // rows in flight per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -230,13 +249,22 @@ int sparse_gemv_blocks_per_sm() {
 }
 
 template <typename T, int M>
-void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream) {
+void launch_sparse_gemv(const SparseGemvParams& p, bool pdl, cudaStream_t stream) {
   const size_t list_bytes = static_cast<size_t>(p.chunk_rows) * (sizeof(int) + M * sizeof(float));
   const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
   const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
   sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
-  const dim3 grid(p.tile_begin[p.num_segments], p.chunks);
-  sparse_gemv_kernel<T, M><<<grid, kThreads, smem, stream>>>(p);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.tile_begin[p.num_segments], p.chunks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, sparse_gemv_kernel<T, M>, p);
 }
 
 }  // namespace wina

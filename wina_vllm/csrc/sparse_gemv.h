@@ -34,8 +34,9 @@ struct SparseGemvParams {
   int chunks;               // blocks along K per tile
 };
 
+// pdl: launch with programmatic stream serialization (sm_90 only; see sparse_gemv.cuh).
 template <typename T, int M>
-void launch_sparse_gemv(const SparseGemvParams& p, cudaStream_t stream);
+void launch_sparse_gemv(const SparseGemvParams& p, bool pdl, cudaStream_t stream);
 
 template <typename T, int M>
 int sparse_gemv_blocks_per_sm();

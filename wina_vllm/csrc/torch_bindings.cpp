@@ -53,13 +53,13 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
   return thr;
 }
 
-// The kernel instance for M tokens: launch it (stream) or report its occupancy (no stream).
+// The kernel instance for M tokens: launch it (p) or report its occupancy (p null).
 template <typename T>
-int dispatch_tokens(int M, const SparseGemvParams* p, cudaStream_t stream) {
+int dispatch_tokens(int M, const SparseGemvParams* p, bool pdl, cudaStream_t stream) {
 #define WINA_CASE(m)                                                     \
   case m:                                                                \
     if (p == nullptr) return sparse_gemv_blocks_per_sm<T, m>();          \
-    launch_sparse_gemv<T, m>(*p, stream);                                \
+    launch_sparse_gemv<T, m>(*p, pdl, stream);                           \
     return 0;
   switch (M) {
     WINA_CASE(1) WINA_CASE(2) WINA_CASE(3) WINA_CASE(4)
@@ -87,7 +87,8 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
                        bool per_token,                   // thresholds are [M, S]
                        at::Tensor& stats,                // [S, 2] int64, accumulated
                        at::Tensor& workspace,            // int32 counters, zero
-                       c10::IntArrayRef seg_ends) {      // S cumulative output widths
+                       c10::IntArrayRef seg_ends,        // S cumulative output widths
+                       bool pdl) {                       // programmatic dependent launch
   check_activations(x, scale);
   WINA_CHECK(weight_t.device() == x.device() && weight_t.scalar_type() == x.scalar_type(),
              "weight_t must be on x's device with x's dtype, got ", weight_t.scalar_type());
@@ -133,9 +134,11 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   WINA_CHECK(workspace.numel() >= tiles, "workspace has ", workspace.numel(),
              " counters, this layer needs ", tiles);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, nullptr)
-                          : dispatch_tokens<__half>(M, nullptr, nullptr);
-  choose_chunks(p, tiles, per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, false, nullptr)
+                          : dispatch_tokens<__half>(M, nullptr, false, nullptr);
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  choose_chunks(p, tiles, per_sm * props->multiProcessorCount);
+  pdl = pdl && props->major >= 9;  // griddepcontrol needs sm_90
 
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor partial;
@@ -150,8 +153,8 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   p.stats = reinterpret_cast<long long*>(stats.data_ptr<int64_t>());
 
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (bf16) dispatch_tokens<__nv_bfloat16>(M, &p, stream);
-  else dispatch_tokens<__half>(M, &p, stream);
+  if (bf16) dispatch_tokens<__nv_bfloat16>(M, &p, pdl, stream);
+  else dispatch_tokens<__half>(M, &p, pdl, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -160,7 +163,7 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
 
 TORCH_LIBRARY(wina_C, m) {
   m.def("sparse_gemv(Tensor x, Tensor weight_t, Tensor? bias, Tensor scale, Tensor thresholds, "
-        "bool per_token, Tensor(a!) stats, Tensor(b!) workspace, int[] seg_ends) -> Tensor");
+        "bool per_token, Tensor(a!) stats, Tensor(b!) workspace, int[] seg_ends, bool pdl) -> Tensor");
   m.def("topk_thresholds(Tensor x, Tensor scale, int[] keep) -> Tensor");
 }
 
