@@ -137,8 +137,13 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, false, nullptr)
                           : dispatch_tokens<__half>(M, nullptr, false, nullptr);
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  choose_chunks(p, tiles, per_sm * props->multiProcessorCount);
-  pdl = pdl && props->major >= 9;  // griddepcontrol needs sm_90
+  const int resident = per_sm * props->multiProcessorCount;
+  choose_chunks(p, tiles, resident);
+  // Programmatic launch needs sm_90, and pays only when this grid fills the GPU: the
+  // next kernel's blocks take the slots a partial wave leaves free and wait there. Measured
+  // on the H200 (benchmarks/RESULTS.md, section 1): qkv, o and down (97-100% of the slots)
+  // gain 0.3-0.8 us a call; gate_up (85%) lost 1-3 us.
+  pdl = pdl && props->major >= 9 && 10 * tiles * p.chunks >= 9 * resident;
 
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor partial;
