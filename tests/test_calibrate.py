@@ -12,10 +12,11 @@ from wina_vllm.calibrate import (
     _tables_from_inputs,
     calibrate,
     collect_hf,
-    greedy_allocation,
     load_hf_model,
+    quantile,
     token_windows,
 )
+from wina_vllm import greedy
 from wina_vllm.settings import PROJECTIONS
 from wina_vllm.text import stdlib_prose
 
@@ -40,18 +41,68 @@ def test_thresholds_reach_target_on_held_out_text(tiny_models, tmp_path, criteri
             assert abs(realized - sparsity) <= 0.02, (i, p, realized)
 
 
+def _greedy(model, texts, layers, targets, criterion="wina"):
+    return greedy.allocate(model, texts, layers, targets, criterion,
+                           lambda layer: {p: layer.get_submodule(HF_MODULES[p])
+                                          for p in PROJECTIONS}, quantile)
+
+
 def test_greedy_keeps_the_average_and_spends_it_where_error_is_small(tiny_models):
     model, tok = load_hf_model(str(tiny_models["llama"]))
     # Make most input channels of o_proj nearly irrelevant (tiny weight columns): dropping
-    # them costs o little relative error, so greedy should sparsify o the most.
+    # them barely moves the layer's output, so greedy should sparsify o the most.
     with torch.no_grad():
         model.model.layers[0].self_attn.o_proj.weight[:, 8:].mul_(1e-3)
-    layers = collect_hf(model, token_windows(tok, stdlib_prose(100_000), 128, 6), "wina")
-    alloc = greedy_allocation(layers[0], 0.5, "wina")
+    texts = token_windows(tok, stdlib_prose(100_000), 128, 6)
+    layers = collect_hf(model, texts, "wina")
+    alloc = _greedy(model, texts[:2], layers, [0.25, 0.5])
     params = {p: layers[0][p].weight.numel() for p in PROJECTIONS}
-    mean = sum(alloc[p] * params[p] for p in PROJECTIONS) / sum(params.values())
-    assert abs(mean - 0.5) < 1e-6
-    assert alloc["o"] == max(alloc.values()) and alloc["o"] > 0.6
+    for target in (0.25, 0.5):
+        for layer_alloc in alloc:
+            mean = sum(layer_alloc[target][p] * params[p] for p in PROJECTIONS) / sum(
+                params.values())
+            assert abs(mean - target) < 1e-6
+    assert alloc[0][0.5]["o"] == max(alloc[0][0.5].values()) and alloc[0][0.5]["o"] > 0.6
+    # Another layer, untouched, spreads its sparsity differently.
+    assert alloc[1][0.5] != alloc[0][0.5]
+
+
+def test_greedy_path_lowers_layer_error_below_uniform(tiny_models):
+    """At the same parameter-weighted sparsity, the greedy allocation's layer-output error
+    is at most the uniform allocation's (the path starts from every better cheap step)."""
+    model, tok = load_hf_model(str(tiny_models["llama"]))
+    texts = token_windows(tok, stdlib_prose(100_000), 128, 6)
+    layers = collect_hf(model, texts, "teal")
+    alloc = _greedy(model, texts[:2], layers, [0.5], "teal")
+    inputs = greedy.capture_layer_inputs(model, texts[:2])[0]
+    layer = model.model.layers[0]
+
+    def error(sparsity: dict[str, float]) -> float:
+        gates = {p: quantile(layers[0][p].score_sample(), sparsity[p]) for p in PROJECTIONS}
+        handles = [layer.get_submodule(HF_MODULES[p]).register_forward_pre_hook(
+            lambda m, a, t=gates[p]: (torch.where(a[0].abs() >= t, a[0], 0.0),))
+            for p in PROJECTIONS]
+        try:
+            with torch.no_grad():
+                return float((greedy._output(layer, inputs) - dense).square().sum())
+        finally:
+            for h in handles:
+                h.remove()
+
+    with torch.no_grad():
+        dense = greedy._output(layer, inputs)
+    assert error(alloc[0][0.5]) < error(dict.fromkeys(PROJECTIONS, 0.5))
+
+
+def test_allocation_at_scales_onto_the_target():
+    path = [(0.2, dict.fromkeys(PROJECTIONS, 2)), (0.3, dict(dict.fromkeys(PROJECTIONS, 2),
+                                                             down=8))]
+    alloc = greedy.allocation_at(path, 0.25)
+    assert alloc["down"] == pytest.approx(0.8 * 0.25 / 0.3)
+    assert alloc["q"] == pytest.approx(0.2 * 0.25 / 0.3)
+    assert greedy.allocation_at(path, 0.0) == dict.fromkeys(PROJECTIONS, 0.0)
+    with pytest.raises(ValueError, match="below the target 0.5"):
+        greedy.allocation_at(path, 0.5)
 
 
 def test_vllm_tables_from_recorded_inputs():
@@ -93,3 +144,18 @@ def test_vllm_tables_from_recorded_inputs():
 
 def test_hf_module_names_cover_every_projection():
     assert sorted(HF_MODULES) == sorted(PROJECTIONS)
+
+
+def test_calibrate_greedy_writes_a_file_at_the_target(tiny_models, tmp_path):
+    path = tmp_path / "greedy.safetensors"
+    cal = calibrate(str(tiny_models["llama"]), path, 0.4, "wina", greedy=True,
+                    text=stdlib_prose(60_000), window=128, windows=4)
+    loaded = cf.load(path)
+    assert loaded.greedy and torch.equal(loaded.sparsity, cal.sparsity)
+    model, _ = load_hf_model(str(tiny_models["llama"]))
+    params = torch.tensor([[model.model.layers[i].get_submodule(HF_MODULES[p]).weight.numel()
+                            for p in PROJECTIONS] for i in range(cal.sparsity.shape[0])],
+                          dtype=torch.float64)
+    per_layer = (cal.sparsity.double() * params).sum(1) / params.sum(1)
+    assert torch.allclose(per_layer, torch.full_like(per_layer, 0.4), atol=1e-6)
+    assert cal.sparsity.std() > 0.05, "greedy spreads sparsity unevenly"

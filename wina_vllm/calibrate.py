@@ -1,12 +1,11 @@
 """Calibration: per-layer gate thresholds for a target sparsity, from calibration text.
 
 The model runs (transformers, CPU or GPU) on text the project generates
-(:mod:`wina_vllm.text`, never the evaluation text); forward hooks on every
-attention and MLP projection record a random sample of gate scores and a few
-input rows. Thresholds are score quantiles at each projection's sparsity. With
-``greedy``, sparsity is allocated across the 7 projections of each decoder layer
-to minimise the relative output error of its projections at the same
-parameter-weighted average sparsity (the TEAL/WINA greedy procedure), in steps.
+(:mod:`wina_vllm.text`, never the evaluation text); forward hooks on every attention and
+MLP projection record a random sample of gate scores. Thresholds are score quantiles at
+each projection's sparsity. With ``greedy``, sparsity is allocated across the 7
+projections of each decoder layer to minimise the error of the layer's output at the same
+parameter-weighted mean sparsity (the TEAL/WINA greedy procedure: :mod:`wina_vllm.greedy`).
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ from typing import Callable
 import torch
 
 from wina_vllm import calibration_file as cf
+from wina_vllm import greedy
 from wina_vllm.settings import PROJECTIONS
 
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
               "down": "mlp.down_proj"}
 SCORE_SAMPLES = 1 << 17  # score values kept per projection (quantile error ~ 1e-3)
-ROW_SAMPLES = 256  # input rows kept per projection, for the greedy allocation
-GREEDY_STEP = 0.05
+GREEDY_WINDOWS = 1  # calibration windows the greedy allocation re-runs each layer on
 
 
 @dataclass
@@ -35,9 +34,6 @@ class ProjectionSamples:
     norms: torch.Tensor  # [K] float32 column norms of the full weight
     weight: torch.Tensor  # [N, K] (a reference, not a copy)
     scores: list[torch.Tensor] = field(default_factory=list)
-    rows: list[torch.Tensor] = field(default_factory=list)
-    seen_rows: int = 0
-    _energy: float | None = None
 
     def add(self, x: torch.Tensor, criterion: str, generator: torch.Generator) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
@@ -46,25 +42,10 @@ class ProjectionSamples:
         take = min(score.numel(), SCORE_SAMPLES // 8)
         idx = torch.randint(score.numel(), (take,), generator=generator).to(score.device)
         self.scores.append(score[idx].cpu())
-        if self.seen_rows < ROW_SAMPLES:
-            self.rows.append(x[: ROW_SAMPLES - self.seen_rows].cpu())
-        self.seen_rows += x.shape[0]
 
     def score_sample(self) -> torch.Tensor:
         s = torch.cat(self.scores)
         return s[torch.randperm(s.numel())[:SCORE_SAMPLES]] if s.numel() > SCORE_SAMPLES else s
-
-    def relative_error(self, threshold: float, criterion: str) -> float:
-        """||W (x * mask) - W x||^2 / ||W x||^2 over the kept input rows."""
-        if self._energy is None:  # x and ||W x||^2 do not depend on the threshold
-            x = torch.cat(self.rows)
-            self.rows = [x]
-            self._energy = float((x @ self.weight.float().to(x.device).t()).square().sum())
-        x = self.rows[0]
-        scale = self.norms if criterion == "wina" else torch.ones_like(self.norms)
-        dropped = torch.where(x.abs() * scale >= threshold, 0.0, x)
-        err = (dropped @ self.weight.float().to(x.device).t()).square().sum()
-        return float(err) / max(self._energy, 1e-30)
 
 
 def quantile(sample: torch.Tensor, q: float) -> float:
@@ -74,56 +55,16 @@ def quantile(sample: torch.Tensor, q: float) -> float:
         float(sample.double().sort().values[int(q * (sample.numel() - 1))])
 
 
-def error_table(layer: dict[str, ProjectionSamples], criterion: str,
-                step: float = GREEDY_STEP) -> dict[str, list[float]]:
-    """Relative output error of each projection at sparsity 0, step, 2 step, ... 0.95."""
-    levels = [round(i * step, 6) for i in range(int(round(0.95 / step)) + 1)]
-    table = {}
-    for p in PROJECTIONS:
-        sample = layer[p].score_sample()
-        thresholds = torch.quantile(sample.double(), torch.tensor(levels, dtype=torch.float64))
-        table[p] = [0.0] + [layer[p].relative_error(float(t), criterion)
-                            for t in thresholds[1:].tolist()]
-    return table
-
-
-def greedy_allocation(layer: dict[str, ProjectionSamples], target: float, criterion: str,
-                      step: float = GREEDY_STEP,
-                      errors: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """Raise, one step at a time, the sparsity of the projection whose output error grows
-    least per parameter, until the parameter-weighted mean sparsity reaches ``target``."""
-    errors = errors or error_table(layer, criterion, step)
-    params = {p: layer[p].weight.numel() for p in PROJECTIONS}
-    total = sum(params.values())
-    level = dict.fromkeys(PROJECTIONS, 0)
-    while sum(level[p] * step * params[p] for p in PROJECTIONS) / total < target - 1e-9:
-        candidates = [p for p in PROJECTIONS if level[p] + 1 < len(errors[p])]
-        if not candidates:
-            break
-        best = min(candidates, key=lambda p: (errors[p][level[p] + 1] - errors[p][level[p]])
-                   / (step * params[p]))
-        level[best] += 1
-    # The last step may overshoot; scale back uniformly onto the target.
-    mean = sum(level[p] * step * params[p] for p in PROJECTIONS) / total
-    return {p: min(0.95, level[p] * step * target / mean) if mean > 0 else 0.0
-            for p in PROJECTIONS}
-
-
 def thresholds_from_samples(layers: list[dict[str, ProjectionSamples]], target: float,
-                            criterion: str, greedy: bool, progress: Callable | None = None,
-                            errors: dict[int, dict[str, list[float]]] | None = None
+                            allocations: list[dict[str, float]] | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[L, 7] thresholds and sparsities for the target. ``errors`` caches each layer's
-    error table across targets (greedy)."""
+    """[L, 7] thresholds and sparsities: the target everywhere, or per layer and projection
+    from ``allocations`` (greedy)."""
     n = len(layers)
     thresholds = torch.zeros(n, len(PROJECTIONS))
     sparsity = torch.zeros(n, len(PROJECTIONS))
-    for i, layer in enumerate(progress(layers) if progress else layers):
-        if greedy and errors is not None and i not in errors:
-            errors[i] = error_table(layer, criterion)
-        alloc = greedy_allocation(layer, target, criterion,
-                                  errors=errors[i] if errors is not None else None) \
-            if greedy else dict.fromkeys(PROJECTIONS, target)
+    for i, layer in enumerate(layers):
+        alloc = allocations[i] if allocations else dict.fromkeys(PROJECTIONS, target)
         for j, p in enumerate(PROJECTIONS):
             sparsity[i, j] = alloc[p]
             thresholds[i, j] = quantile(layer[p].score_sample(), alloc[p])
@@ -200,18 +141,21 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    errors: dict[int, dict[str, list[float]]] = {}  # per layer, shared by every target
-    for greedy in greedy_options:
+    allocations = None
+    if True in greedy_options:
+        allocations = greedy.allocate(
+            model, batches[:GREEDY_WINDOWS], layers, sparsities, criterion,
+            lambda layer: {p: layer.get_submodule(HF_MODULES[p]) for p in PROJECTIONS},
+            quantile, progress=lambda it: tqdm(it, desc="greedy allocation", unit="layer"))
+    for use_greedy in greedy_options:
         for s in sparsities:
             thresholds, sp = thresholds_from_samples(
-                layers, s, criterion, greedy,
-                progress=lambda it: tqdm(it, desc=f"thresholds s={s}" + (" greedy" if greedy else ""),
-                                         unit="layer"), errors=errors)
-            path = out / f"{criterion}-{s}{'-greedy' if greedy else ''}.safetensors"
+                layers, s, [a[s] for a in allocations] if use_greedy else None)
+            path = out / f"{criterion}-{s}{'-greedy' if use_greedy else ''}.safetensors"
             cf.save(path, cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm,
-                                         criterion=criterion, target_sparsity=s, greedy=greedy,
-                                         fingerprint=fingerprint))
-            written[(s, greedy)] = path
+                                         criterion=criterion, target_sparsity=s,
+                                         greedy=use_greedy, fingerprint=fingerprint))
+            written[(s, use_greedy)] = path
     return written
 
 
