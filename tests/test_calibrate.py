@@ -84,13 +84,13 @@ def test_greedy_path_lowers_layer_error_below_uniform(tiny_models):
             for p in PROJECTIONS]
         try:
             with torch.no_grad():
-                return float((greedy._output(layer, inputs) - dense).square().sum())
+                return float((greedy.layer_output(layer, inputs) - dense).square().sum())
         finally:
             for h in handles:
                 h.remove()
 
     with torch.no_grad():
-        dense = greedy._output(layer, inputs)
+        dense = greedy.layer_output(layer, inputs)
     assert error(alloc[0][0.5]) < error(dict.fromkeys(PROJECTIONS, 0.5))
 
 

@@ -39,7 +39,8 @@ def capture_layer_inputs(model: torch.nn.Module, texts: list[torch.Tensor]) -> l
     return captured
 
 
-def _output(layer: torch.nn.Module, inputs: list) -> torch.Tensor:
+def layer_output(layer: torch.nn.Module, inputs: list) -> torch.Tensor:
+    """The layer's output on every captured input, as [tokens, hidden] float32."""
     outs = []
     for args, kwargs in inputs:
         out = layer(*args, **kwargs)
@@ -69,9 +70,7 @@ def layer_path(layer: torch.nn.Module, inputs: list, modules: dict[str, torch.nn
     path: list[tuple[float, dict[str, int]]] = []
     try:
         with torch.no_grad():
-            for p in PROJECTIONS:
-                level[p] = 0
-            dense = _output(layer, inputs)
+            dense = layer_output(layer, inputs)
             err, mean = 0.0, 0.0
             while mean < max_target - 1e-9:
                 best, best_cost, best_err = None, float("inf"), 0.0
@@ -79,7 +78,7 @@ def layer_path(layer: torch.nn.Module, inputs: list, modules: dict[str, torch.nn
                     if level[p] + 1 >= len(thresholds[p]):
                         continue
                     level[p] += 1
-                    trial = float((_output(layer, inputs) - dense).square().sum())
+                    trial = float((layer_output(layer, inputs) - dense).square().sum())
                     level[p] -= 1
                     cost = (trial - err) / (STEP * params[p])
                     if cost < best_cost:
