@@ -4,7 +4,10 @@ For each variant a server starts (Llama-3-8B architecture, dummy weights, a synt
 word-level tokenizer so that text goes in and out), then `vllm bench serve` runs the
 random dataset at each concurrency. Reports throughput, TTFT, TPOT, p99 and failures.
 
+Writes load_test.json, load_test.md and load_test.png (throughput vs dense, TTFT, TPOT).
+
 Usage: python benchmarks/load_test.py --out DIR --name NAME --wina '{"sparsity": 0.5}'
+       python benchmarks/load_test.py --replot DIR   (the PNG again from DIR/load_test.json)
        [--compile default]   (vLLM's default Inductor setup instead of plain CUDA graphs)
 """
 
@@ -85,10 +88,37 @@ def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_le
             "p99_e2el_ms": r.get("p99_e2el_ms")}
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Output tokens/s vs dense, mean TTFT and mean TPOT against concurrency, per variant."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = {r["concurrency"]: r for r in rows if r["variant"] == "dense"}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [
+        ("throughput vs dense", lambda r: r["out_tok_s"] / dense[r["concurrency"]]["out_tok_s"]),
+        ("mean TTFT (ms)", lambda r: r["ttft_ms"]),
+        ("mean TPOT (ms)", lambda r: r["tpot_ms"])]
+    for ax, (title, value) in zip(axes, panels):
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            pts = [r for r in rows if r["variant"] == name]
+            ax.plot([r["concurrency"] for r in pts], [value(r) for r in pts], marker="o",
+                    label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[0].axhline(0.97, color="grey", lw=0.5, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "benchmarks/models/llama3-8b/config.json")
-    ap.add_argument("--wina", required=True, help="settings JSON of the WINA variant")
+    ap.add_argument("--wina", help="settings JSON of the WINA variant (required to run)")
+    ap.add_argument("--replot", type=Path, help="only redraw DIR/load_test.png")
     ap.add_argument("--name", default="wina", help="name of the WINA variant")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--output-len", type=int, default=128)
@@ -96,6 +126,12 @@ def main() -> None:
     ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((args.replot / "load_test.json").read_text()),
+             args.replot / "load_test.png")
+        return
+    if args.wina is None:
+        ap.error("--wina is required")
     args.out.mkdir(parents=True, exist_ok=True)
     model = model_dir(args.config)
     variants = [("dense", None), (args.name, json.loads(args.wina))]
@@ -123,6 +159,7 @@ def main() -> None:
                      f"| {r['ttft_ms']:.1f} | {r['p99_ttft_ms']:.1f} | {r['tpot_ms']:.2f} | "
                      f"{r['p99_tpot_ms']:.2f} | {r['failed']} |")
     (args.out / "load_test.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args.out / "load_test.png")
     print("\n".join(lines))
 
 
