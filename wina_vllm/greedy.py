@@ -122,8 +122,8 @@ def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dic
     indices = range(len(layers))
     for i in (progress(indices) if progress else indices):
         samples = layers[i]
-        thresholds = {p: [quantile(samples[p].score_sample(), q) for q in levels]
-                      for p in PROJECTIONS}
+        scores = {p: samples[p].score_sample() for p in PROJECTIONS}  # one draw per projection
+        thresholds = {p: [quantile(scores[p], q) for q in levels] for p in PROJECTIONS}
         scale = {p: (samples[p].norms if criterion == "wina"
                      else torch.ones_like(samples[p].norms)) for p in PROJECTIONS}
         params = {p: samples[p].weight.numel() for p in PROJECTIONS}
