@@ -89,3 +89,17 @@ def test_cuda_impl_gates_dtypes_the_kernel_lacks():
     out = ops._sparse_linear_cuda(*args)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert torch.equal(args[5], kept) and kept[:, 0].sum() > 0
+
+
+def test_wina_pdl_env_is_validated(monkeypatch):
+    from wina_vllm import envs
+
+    for value, want in (("0", False), ("1", True)):
+        envs.programmatic_launch.cache_clear()
+        monkeypatch.setenv("WINA_PDL", value)
+        assert envs.programmatic_launch() is want
+    envs.programmatic_launch.cache_clear()
+    monkeypatch.setenv("WINA_PDL", "false")
+    with pytest.raises(ValueError, match="WINA_PDL='false'"):
+        envs.programmatic_launch()
+    envs.programmatic_launch.cache_clear()

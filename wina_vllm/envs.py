@@ -32,4 +32,7 @@ def programmatic_launch() -> bool:
     Read once per process; the switch exists for A/B measurements and as a way out if a
     driver mishandles it.
     """
-    return os.environ.get("WINA_PDL", "1") != "0"
+    value = os.environ.get("WINA_PDL", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"WINA_PDL={value!r}; accepted: '0' (off) or '1' (on, the default)")
+    return value == "1"
