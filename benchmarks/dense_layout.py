@@ -1,0 +1,88 @@
+"""Dense products on the input-major layout against F.linear on the original one.
+
+The op stores weights input-major ([K, N]) and runs prefill and large batches as a
+dense product on that layout. cuBLAS chooses its kernel by layout and shape, and for
+some shapes the non-transposed layout gets a slower one (gate_up at 1024 tokens:
+1.16x, benchmarks/RESULTS.md section 1). This times the ways to run ``x @ Wt`` that
+torch offers, against ``F.linear(x, W)``, so the op can take the fastest:
+
+- ``mm``: ``torch.mm(x, Wt)`` (cuBLAS, "NN").
+- ``addmm_lt``: ``torch.addmm(zero_bias, x, Wt)``: torch routes a product with a 1-D
+  bias to cuBLASLt, whose heuristic chooses among other kernels.
+- ``mm_t``: ``torch.mm(Wt.t(), x.t()).t().contiguous()``: the transposed problem, plus
+  a copy of the output.
+
+Method as in kernel_bench.py: CUDA graphs over weight copies together larger than L2,
+fresh random inputs, median of replays.
+
+Usage: python benchmarks/dense_layout.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_bench import ROT_BYTES, graph_time_us  # noqa: E402
+
+from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
+
+TOKENS = (128, 512, 1024, 2048, 4096)
+
+
+def variants(zero_bias: torch.Tensor):
+    return {
+        "mm": lambda x, wt: torch.mm(x, wt),
+        "addmm_lt": lambda x, wt: torch.addmm(zero_bias, x, wt),
+        "mm_t": lambda x, wt: torch.mm(wt.t(), x.t()).t().contiguous(),
+    }
+
+
+def bench_shape(name: str, k: int, n: int, dtype) -> list[dict]:
+    copies = max(2, -(-ROT_BYTES // (n * k * 2)))
+    weights = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
+    wts = [w.t().contiguous() for w in weights]
+    fns = variants(torch.zeros(n, device="cuda", dtype=dtype))
+    rows = []
+    for m in TOKENS:
+        xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(copies)]
+        ref = F.linear(xs[0], weights[0])
+        row = dict(layer=name, K=k, N=n, M=m, f_linear_us=graph_time_us(
+            [lambda w=w, x=x: F.linear(x, w) for w, x in zip(weights, xs)], reps=20))
+        for key, fn in fns.items():
+            err = (fn(xs[0], wts[0]).float() - ref.float()).abs().max().item()
+            if err > 0.05 * ref.float().abs().max().item():
+                raise RuntimeError(f"{key} disagrees with F.linear on {name} M={m}: {err}")
+            row[f"{key}_us"] = graph_time_us(
+                [lambda wt=wt, x=x, fn=fn: fn(x, wt) for wt, x in zip(wts, xs)], reps=20)
+            row[f"{key}_ratio"] = row[f"{key}_us"] / row["f_linear_us"]
+        rows.append(row)
+        print(f"{name:8s} M={m:5d} F.linear {row['f_linear_us']:8.1f} | " + " | ".join(
+            f"{key} {row[key + '_ratio']:.3f}x" for key in fns), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="llama3-8b")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    rows = []
+    for layer, (k, segments) in LAYER_SHAPES[args.model].items():
+        rows += bench_shape(layer, k, sum(segments), torch.bfloat16)
+    result = dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
+                  torch=torch.__version__, rows=rows)
+    (args.out / "dense_layout.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
