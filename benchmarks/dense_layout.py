@@ -9,8 +9,9 @@ torch offers, against ``F.linear(x, W)``, so the op can take the fastest:
 - ``mm``: ``torch.mm(x, Wt)`` (cuBLAS, "NN").
 - ``addmm_lt``: ``torch.addmm(zero_bias, x, Wt)``: torch routes a product with a 1-D
   bias to cuBLASLt, whose heuristic chooses among other kernels.
-- ``mm_t``: ``torch.mm(Wt.t(), x.t()).t().contiguous()``: the transposed problem, plus
-  a copy of the output.
+- ``split2`` / ``split4``: the product in 2 or 4 column blocks, each cuBLAS call
+  writing its block of one output in place (``out=`` a strided view): cuBLAS chooses
+  per shape, and a narrower N may get the better kernel.
 
 Method as in kernel_bench.py: CUDA graphs over weight copies together larger than L2,
 fresh random inputs, median of replays.
@@ -34,14 +35,24 @@ from kernel_bench import ROT_BYTES, graph_time_us  # noqa: E402
 
 from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
 
-TOKENS = (128, 512, 1024, 2048, 4096)
+TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def split_mm(x: torch.Tensor, wt: torch.Tensor, parts: int) -> torch.Tensor:
+    n = wt.shape[1]
+    out = x.new_empty(x.shape[0], n)
+    step = -(-n // parts // 64) * 64
+    for a in range(0, n, step):
+        torch.mm(x, wt[:, a:a + step], out=out[:, a:a + step])
+    return out
 
 
 def variants(zero_bias: torch.Tensor):
     return {
         "mm": lambda x, wt: torch.mm(x, wt),
         "addmm_lt": lambda x, wt: torch.addmm(zero_bias, x, wt),
-        "mm_t": lambda x, wt: torch.mm(wt.t(), x.t()).t().contiguous(),
+        "split2": lambda x, wt: split_mm(x, wt, 2),
+        "split4": lambda x, wt: split_mm(x, wt, 4),
     }
 
 
