@@ -12,6 +12,8 @@ torch offers, against ``F.linear(x, W)``, so the op can take the fastest:
 - ``split2`` / ``split4``: the product in 2 or 4 column blocks, each cuBLAS call
   writing its block of one output in place (``out=`` a strided view): cuBLAS chooses
   per shape, and a narrower N may get the better kernel.
+- ``op (tuned)``: the op's own dense path (``wina_vllm.dense``) after ``dense.tune`` at
+  these token counts: the form it chose for each, as the plugin runs it after loading.
 
 Method as in kernel_bench.py: CUDA graphs over weight copies together larger than L2,
 fresh random inputs, median of replays.
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernel_bench import ROT_BYTES, graph_time_us  # noqa: E402
 
+from wina_vllm import dense  # noqa: E402
 from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
 
 TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -56,11 +59,15 @@ def variants(zero_bias: torch.Tensor):
     }
 
 
-def bench_shape(name: str, k: int, n: int, dtype) -> list[dict]:
+def bench_shape(name: str, k: int, segments: tuple[int, ...], dtype) -> list[dict]:
+    n = sum(segments)
     copies = max(2, -(-ROT_BYTES // (n * k * 2)))
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
     wts = [w.t().contiguous() for w in weights]
     fns = variants(torch.zeros(n, device="cuda", dtype=dtype))
+    seg_ends = torch.tensor(segments).cumsum(0).tolist()
+    choice = dense.tune(wts[0], None, seg_ends, TOKENS)
+    fns["tuned"] = lambda x, wt: dense.dense_linear(x, wt, None, seg_ends)
     rows = []
     for m in TOKENS:
         xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(copies)]
@@ -74,9 +81,11 @@ def bench_shape(name: str, k: int, n: int, dtype) -> list[dict]:
             row[f"{key}_us"] = graph_time_us(
                 [lambda wt=wt, x=x, fn=fn: fn(x, wt) for wt, x in zip(wts, xs)], reps=20)
             row[f"{key}_ratio"] = row[f"{key}_us"] / row["f_linear_us"]
+        row["tuned_form"] = choice.get(m, "mm")
         rows.append(row)
         print(f"{name:8s} M={m:5d} F.linear {row['f_linear_us']:8.1f} | " + " | ".join(
-            f"{key} {row[key + '_ratio']:.3f}x" for key in fns), flush=True)
+            f"{key} {row[key + '_ratio']:.3f}x" for key in fns) + f" ({row['tuned_form']})",
+            flush=True)
     return rows
 
 
@@ -89,7 +98,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for layer, (k, segments) in LAYER_SHAPES[args.model].items():
-        rows += bench_shape(layer, k, sum(segments), torch.bfloat16)
+        rows += bench_shape(layer, k, segments, torch.bfloat16)
     result = dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
                   torch=torch.__version__, rows=rows)
     (args.out / "dense_layout.json").write_text(json.dumps(result, indent=1))

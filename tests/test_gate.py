@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wina_vllm import gate, ops
+from wina_vllm import dense, gate, ops
 from wina_vllm.packing import pack_linear
 
 SEEDS = [0, 1, 2]
@@ -71,7 +71,7 @@ def test_sparsity_zero_is_the_dense_product(k, segments, dtype):
     out = _call(x, packed, torch.zeros(len(segments)), [k] * len(segments), True, bias)
     assert packed.stats[:, 0].tolist() == packed.stats[:, 1].tolist()  # every channel kept
     if len(segments) == 1:  # one segment: the very same product as the dense path
-        assert torch.equal(out, ops.dense_linear(x, packed.weight_t, bias, sum(segments)))
+        assert torch.equal(out, dense.dense_linear(x, packed.weight_t, bias, packed.seg_ends))
     torch.testing.assert_close(out, F.linear(x, weight, bias),
                                **({"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else
                                   {"rtol": 1.6e-2, "atol": 1e-1}))  # summation order only
@@ -112,11 +112,11 @@ def test_large_batches_run_dense_unless_sparse_prefill():
     packed = pack_linear(torch.randn(48, k), [48], "wina")
     x = torch.randn(9, k)
     keep = [k // 2]
-    dense = _call(x, packed, torch.zeros(1), keep, True, max_sparse_batch=8)
-    assert torch.equal(dense, ops.dense_linear(x, packed.weight_t, None, 48))
+    plain = _call(x, packed, torch.zeros(1), keep, True, max_sparse_batch=8)
+    assert torch.equal(plain, dense.dense_linear(x, packed.weight_t, None, packed.seg_ends))
     assert packed.stats.sum() == 0
     sparse = _call(x, packed, torch.zeros(1), keep, True, max_sparse_batch=8, sparse_prefill=True)
-    assert not torch.equal(sparse, dense)
+    assert not torch.equal(sparse, plain)
     assert packed.stats[0].tolist() == [9 * keep[0], 9 * k]
 
 

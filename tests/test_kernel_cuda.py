@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-from wina_vllm import gate, ops
+from wina_vllm import dense, gate, ops  # noqa: F401  (ops registers torch.ops.wina)
 from wina_vllm.packing import pack_linear
 from wina_vllm.shapes import all_shapes
 
@@ -202,7 +202,7 @@ def test_large_batch_runs_dense_on_stored_layout():
     packed = pack_linear(weight, [n], "wina")
     x = torch.randn(64, k, device="cuda", dtype=torch.bfloat16)
     out = _call(x, packed, None, torch.zeros(1, device="cuda"), [k // 2], True)
-    torch.testing.assert_close(out, ops.dense_linear(x, packed.weight_t, None, n),
+    torch.testing.assert_close(out, dense.dense_linear(x, packed.weight_t, None, packed.seg_ends),
                                rtol=0, atol=0)
     assert packed.stats.sum() == 0, "dense steps count no gated channels"
 
@@ -223,3 +223,26 @@ def test_bad_inputs_raise_value_errors(bad, name):
     with pytest.raises(ValueError, match=name):
         kernels.sparse_gemv(x, wt, None, scale, torch.zeros(1, device="cuda"), stats, ws,
                             bad.get("seg_ends", [32]), [16], False)
+
+
+def test_dense_forms_agree_and_the_tuned_form_is_used(monkeypatch):
+    torch.manual_seed(11)
+    k, segments = 512, [384, 128, 128]
+    weight = torch.randn(sum(segments), k, device="cuda", dtype=torch.bfloat16) / 16
+    packed = pack_linear(weight, segments, "wina")
+    bias = torch.randn(sum(segments), device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(40, k, device="cuda", dtype=torch.bfloat16)
+    for b in (None, bias):
+        want = torch.nn.functional.linear(x.double(), weight.double(),
+                                          None if b is None else b.double())
+        for name, form in dense.FORMS.items():
+            got = form(x, packed.weight_t, b, packed.seg_ends)
+            torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2, msg=name)
+    monkeypatch.setattr(dense, "_choice", {})
+    chosen = dense.tune(packed.weight_t, None, packed.seg_ends, [16, 40])
+    assert set(dense._choice) == {(k, tuple(packed.seg_ends), m, torch.bfloat16, False)
+                                  for m in (16, 40)}
+    assert set(chosen) <= {16, 40} and set(chosen.values()) <= {"lt", "segments"}
+    dense._choice[(k, tuple(packed.seg_ends), 40, torch.bfloat16, False)] = "segments"
+    assert torch.equal(dense.dense_linear(x, packed.weight_t, None, packed.seg_ends),
+                       dense.FORMS["segments"](x, packed.weight_t, None, packed.seg_ends))

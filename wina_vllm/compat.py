@@ -32,7 +32,7 @@ __all__ = [
     "LinearBase", "LinearMethodBase", "ModelWeightParameter", "QuantizationConfig",
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
-    "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum",
+    "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum", "cudagraph_token_counts",
 ]
 
 
@@ -58,3 +58,10 @@ def tp_rank() -> int:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over the tensor-parallel group (identity when TP is 1)."""
     return t if tp_world_size() == 1 else tensor_model_parallel_all_reduce(t)
+
+
+def cudagraph_token_counts() -> list[int]:
+    """The token counts vLLM pads decode steps to (its CUDA-graph sizes); [] outside vLLM."""
+    cfg = get_current_vllm_config_or_none()
+    sizes = getattr(getattr(cfg, "compilation_config", None), "cudagraph_capture_sizes", None)
+    return sorted(sizes or [])

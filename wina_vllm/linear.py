@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wina_vllm import gate, metrics
+from wina_vllm import dense, gate, metrics
 from wina_vllm.compat import (
     LinearMethodBase,
     ModelWeightParameter,
     RowParallelLinear,
     all_reduce_sum,
+    cudagraph_token_counts,
+    get_logger,
     set_weight_attrs,
 )
 from wina_vllm.layers import TargetLinear
@@ -33,6 +35,8 @@ from wina_vllm.packing import pack_linear
 
 if TYPE_CHECKING:
     from wina_vllm.config import WinaConfig
+
+_log = get_logger(__name__)
 
 
 class WinaLinearMethod(LinearMethodBase):
@@ -77,7 +81,22 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_keep = gate.keep_counts(k, self.sparsities)
         layer.wina_projections = self.target.projections
         metrics.track(self.target.layer_index, self.target.name, layer)
+        self._tune_dense_path(layer, packed)
         self.config.report_ready(self.target, self.sparsities)
+
+    def _tune_dense_path(self, layer: torch.nn.Module, packed) -> None:
+        """Time the dense product's forms at the decode steps' CUDA-graph sizes that run dense
+        (once per layer shape; see dense.py) and log where one beats cuBLAS's default."""
+        settings = self.config.settings
+        if not packed.weight_t.is_cuda or settings.prefill == "sparse":
+            return
+        bias = None if getattr(layer, "skip_bias_add", False) else getattr(layer, "bias", None)
+        counts = [m for m in cudagraph_token_counts() if m > settings.max_sparse_batch]
+        chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
+        if chosen:
+            _log.info("wina: dense product of %s (K=%d, N=%d) at %s tokens: %s",
+                      self.target.name, packed.weight_t.shape[0], packed.n, sorted(chosen),
+                      sorted(set(chosen.values())))
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:

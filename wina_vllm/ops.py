@@ -14,18 +14,10 @@ fused in the layer (q/k/v or gate/up), each with its own gate.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from wina_vllm import gate
-
-
-def dense_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor],
-                 n: int) -> torch.Tensor:
-    """The dense product on the input-major layout (prefill and large batches)."""
-    w = weight_t[:, :n]
-    return torch.addmm(bias, x, w) if bias is not None else torch.mm(x, w)
+from wina_vllm.dense import dense_linear
 
 
 def reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends, keep,
@@ -66,7 +58,7 @@ def _sparse_linear_torch(x, weight_t, bias, col_scale, thresholds, stats, worksp
     ``sparse_large_batch`` (sparse prefill, for accuracy evaluation).
     """
     if x.shape[0] == 0 or (x.shape[0] > max_sparse_batch and not sparse_large_batch):
-        return dense_linear(x, weight_t, bias, seg_ends[-1])
+        return dense_linear(x, weight_t, bias, seg_ends)
     return reference_sparse_linear(x, weight_t, bias, col_scale, thresholds, stats, seg_ends,
                                    keep, topk)
 

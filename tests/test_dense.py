@@ -1,0 +1,46 @@
+"""The op's dense path: its forms compute the same product; the tuner's choice rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wina_vllm import dense
+from wina_vllm.packing import pack_linear
+
+
+@pytest.mark.parametrize("segments", [(48,), (32, 16, 16), (20, 28)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_every_form_computes_the_plain_product(segments, with_bias):
+    torch.manual_seed(len(segments))
+    k = 24
+    weight = torch.randn(sum(segments), k, dtype=torch.float64)
+    packed = pack_linear(weight, segments, "wina")
+    bias = torch.randn(sum(segments), dtype=torch.float64) if with_bias else None
+    x = torch.randn(7, k, dtype=torch.float64)
+    want = x @ weight.T + (bias if with_bias else 0)
+    for name, form in dense.FORMS.items():
+        got = form(x, packed.weight_t, bias, packed.seg_ends)
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_pick_takes_a_form_only_when_it_wins_by_the_margin():
+    assert dense.pick({"mm": 100.0, "lt": 99.0, "segments": 90.0}) == "segments"
+    assert dense.pick({"mm": 100.0, "lt": 98.0}) == "mm"  # inside the 3% margin: noise
+    assert dense.pick({"mm": 100.0, "lt": 120.0, "segments": 101.0}) == "mm"
+    assert dense.pick({"mm": 100.0, "lt": 96.0}, margin=0.05) == "mm"
+
+
+def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
+    packed = pack_linear(torch.randn(16, 8), [8, 8], "wina")
+    x = torch.randn(5, 8)
+    assert dense.tune(packed.weight_t, None, packed.seg_ends, [5]) == {}
+    key = (8, tuple(packed.seg_ends), 5, x.dtype, False)
+    assert key not in dense._choice, "nothing is timed on the CPU"
+    monkeypatch.setitem(dense._choice, key, "segments")
+    calls = []
+    monkeypatch.setitem(dense.FORMS, "segments", lambda *a: calls.append(a))
+    assert torch.equal(dense.dense_linear(x, packed.weight_t, None, packed.seg_ends),
+                       x @ packed.weight_t[:, :16])
+    assert not calls

@@ -1,0 +1,118 @@
+"""The op's dense product on the input-major layout (prefill and large batches), tuned per shape.
+
+cuBLAS chooses its kernel by shape and layout, and for this (non-transposed) layout it
+chooses a slow one at a few shapes: on the H200, Llama-3-8B's gate_up at 128 tokens took
+1.58x the time of ``F.linear`` on the original layout, while the same product computed
+as one GEMM per fused projection took 1.00x (benchmarks/RESULTS.md, section 1). So when
+a model loads, each distinct layer shape times the ways of computing it (``FORMS``) at
+the token counts decode steps are padded to (vLLM's CUDA-graph sizes) and keeps, per
+token count, the fastest one where it beats the plain product by more than ``MARGIN``.
+Other token counts, and every call on the CPU, use the plain product.
+
+Forms:
+- ``mm``: ``torch.mm`` (``torch.addmm`` with a bias): cuBLAS.
+- ``lt``: ``torch.addmm`` with the bias, or zeros: torch sends a product with a 1-D bias
+  to cuBLASLt, whose heuristic chooses among other kernels.
+- ``segments``: one product per fused projection (q/k/v, gate/up), each written in place
+  into its columns of one output.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Iterable, Optional
+
+import torch
+
+MARGIN = 0.03  # a form must be this much faster than ``mm`` to be chosen (timing noise)
+
+Key = tuple[int, tuple[int, ...], int, torch.dtype, bool]
+_choice: dict[Key, str] = {}  # (K, seg_ends, tokens, dtype, has bias) -> form
+_zeros: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _mm(x, wt, bias, seg_ends):
+    w = wt[:, :seg_ends[-1]]
+    return torch.addmm(bias, x, w) if bias is not None else torch.mm(x, w)
+
+
+def _lt(x, wt, bias, seg_ends):
+    n = seg_ends[-1]
+    if bias is None:
+        key = (n, x.dtype, x.device)
+        if key not in _zeros:
+            _zeros[key] = torch.zeros(n, dtype=x.dtype, device=x.device)
+        bias = _zeros[key]
+    return torch.addmm(bias, x, wt[:, :n])
+
+
+def _segments(x, wt, bias, seg_ends):
+    out = x.new_empty(x.shape[0], seg_ends[-1])
+    start = 0
+    for end in seg_ends:
+        if bias is not None:
+            torch.addmm(bias[start:end], x, wt[:, start:end], out=out[:, start:end])
+        else:
+            torch.mm(x, wt[:, start:end], out=out[:, start:end])
+        start = end
+    return out
+
+
+FORMS: dict[str, Callable] = {"mm": _mm, "lt": _lt, "segments": _segments}
+
+
+def _key(x: torch.Tensor, weight_t: torch.Tensor, bias, seg_ends) -> Key:
+    return (weight_t.shape[0], tuple(seg_ends), x.shape[0], x.dtype, bias is not None)
+
+
+def dense_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor],
+                 seg_ends: list[int]) -> torch.Tensor:
+    """``x @ weight_t[:, :N] + bias`` by the form tuned for this shape (``mm`` if none)."""
+    form = _choice.get(_key(x, weight_t, bias, seg_ends), "mm") if x.is_cuda else "mm"
+    return FORMS[form](x, weight_t, bias, seg_ends)
+
+
+def pick(times: dict[str, float], margin: float = MARGIN) -> str:
+    """The fastest form, if it beats ``mm`` by more than ``margin``; else ``mm``."""
+    best = min(times, key=times.get)
+    return best if times[best] < times["mm"] * (1 - margin) else "mm"
+
+
+def _time_us(fn: Callable[[], torch.Tensor], flush: torch.Tensor, reps: int = 5) -> float:
+    """Median device time of ``fn`` with L2 flushed before each call (weights come from HBM,
+    as in a model whose layers do not fit in L2)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[int],
+         token_counts: Iterable[int]) -> dict[int, str]:
+    """Time every form at each token count (CUDA weights only; once per shape) and record
+    the choices ``dense_linear`` will use. Returns the token counts that left ``mm``."""
+    if not weight_t.is_cuda:
+        return {}
+    forms = [f for f in FORMS if f != "segments" or len(seg_ends) > 1]
+    flush = torch.empty(64 << 20, dtype=torch.uint8, device=weight_t.device)  # > L2
+    chosen = {}
+    for m in sorted(set(token_counts)):
+        x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
+        key = _key(x, weight_t, bias, seg_ends)
+        if key in _choice:
+            continue
+        times = {f: _time_us(lambda f=f: FORMS[f](x, weight_t, bias, seg_ends), flush)
+                 for f in forms}
+        _choice[key] = pick(times)
+        if _choice[key] != "mm":
+            chosen[m] = _choice[key]
+    return chosen
