@@ -27,10 +27,10 @@ def test_every_form_computes_the_plain_product(segments, with_bias):
 
 def test_pick_takes_a_form_only_when_it_wins_by_the_margin():
     assert dense.pick({"mm": 100.0, "lt": 99.0, "segments": 64.0}) == "segments"
-    assert dense.pick({"mm": 100.0, "lt": 89.0}) == "lt"
-    assert dense.pick({"mm": 100.0, "lt": 92.0}) == "mm"  # inside the 10% margin: noise
+    assert dense.pick({"mm": 100.0, "lt": 94.0}) == "lt"
+    assert dense.pick({"mm": 100.0, "lt": 96.0}) == "mm"  # inside the 5% margin: noise
     assert dense.pick({"mm": 100.0, "lt": 120.0, "segments": 101.0}) == "mm"
-    assert dense.pick({"mm": 100.0, "lt": 96.0}, margin=0.03) == "lt"
+    assert dense.pick({"mm": 100.0, "lt": 98.0}, margin=0.01) == "lt"
 
 
 def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
