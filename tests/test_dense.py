@@ -45,3 +45,24 @@ def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
     assert torch.equal(dense.dense_linear(x, packed.weight_t, None, packed.seg_ends),
                        x @ packed.weight_t[:, :16])
     assert not calls
+
+
+@pytest.mark.parametrize("prefill,want", [("dense", [4, 8, 16]), ("sparse", None)])
+def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, want):
+    from types import SimpleNamespace
+
+    from wina_vllm import linear
+    from wina_vllm.layers import TargetLinear
+    from wina_vllm.settings import parse_settings
+
+    seen = {}
+    monkeypatch.setattr(linear, "cudagraph_token_counts", lambda: [1, 2, 4, 8, 16])
+    monkeypatch.setattr(linear.dense, "tune",
+                        lambda wt, bias, seg_ends, counts: seen.update(counts=list(counts)) or {})
+    settings = parse_settings({"max_sparse_batch": 2, "prefill": prefill})
+    method = linear.WinaLinearMethod(SimpleNamespace(settings=settings),
+                                     TargetLinear(0, "gate_up_proj", ("gate", "up")), [0.5])
+    packed = SimpleNamespace(weight_t=SimpleNamespace(is_cuda=True, shape=(8, 16)),
+                             seg_ends=[8, 16], n=16)
+    method._tune_dense_path(torch.nn.Module(), packed)
+    assert seen.get("counts") == want  # sparse prefill never runs the dense product
