@@ -7,7 +7,13 @@ import torch
 
 from conftest import requires_vllm
 
-from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint
+from wina_vllm.transform import (
+    VARIANTS,
+    attach_shortcuts,
+    load_transformed,
+    transform_checkpoint,
+    transform_model,
+)
 
 
 def _logits(model, ids):
@@ -29,6 +35,30 @@ def test_transformed_model_computes_the_same_function(tiny_models, tmp_path, arc
     assert float((a - b).norm() / a.norm()) <= 1e-4
     shortcut_file = (out / "wina_shortcuts.safetensors").exists()
     assert shortcut_file == (variant != "global")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_given_bases_compute_the_same_function(tiny_models, shared):
+    """Any orthogonal bases (e.g. from activations, benchmarks/transform_pca.py) keep the
+    function; one matrix repeated everywhere needs no shortcut."""
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models["llama"]
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64).eval()
+    n, d = len(model.model.layers), model.config.hidden_size
+    gen = torch.Generator().manual_seed(1)
+    rand = [torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+            for _ in range(2 * n)]
+    bases = ([rand[0]] * n, [rand[0]] * n) if shared else (rand[:n], rand[n:])
+    emb = model.model.embed_tokens.weight.detach().clone()
+    shortcuts = transform_model(model, "global" if shared else "per-layer", bases=bases)
+    torch.testing.assert_close(model.model.embed_tokens.weight, emb @ bases[0][0])  # used
+    attach_shortcuts(model, shortcuts)
+    ids = torch.randint(5, 500, (2, 48), generator=gen)
+    a, b = _logits(ref, ids), _logits(model.float(), ids)
+    assert float((a - b).norm() / a.norm()) <= 1e-4
+    assert (shortcuts == {}) == shared
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

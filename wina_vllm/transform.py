@@ -46,9 +46,31 @@ def _set(linear: torch.nn.Linear, w: torch.Tensor) -> None:
     linear.weight.data = w.to(linear.weight.dtype).contiguous()
 
 
+def weight_bases(model, variant: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per decoder layer, the attention and MLP input bases of ``variant`` (SVDs of the
+    RMSNorm-folded k_proj / gate_proj weights; see the module docstring)."""
+    layers = model.model.layers
+    k_folded = [layer.self_attn.k_proj.weight.double() * layer.input_layernorm.weight.double()
+                for layer in layers]
+    if variant == "global":
+        q = basis(torch.cat(k_folded))  # one object: the same basis everywhere, no shortcut
+        return [q] * len(layers), [q] * len(layers)
+    attn_b = [basis(w) for w in k_folded]
+    mlp_b = attn_b if variant == "shared" else [
+        basis(layer.mlp.gate_proj.weight.double() * layer.post_attention_layernorm.weight.double())
+        for layer in layers]
+    return attn_b, mlp_b
+
+
 @torch.no_grad()
-def transform_model(model, variant: str, progress=None) -> dict[int, dict[str, torch.Tensor]]:
-    """Transform a transformers decoder in place; return its shortcut matrices per layer."""
+def transform_model(model, variant: str, progress=None,
+                    bases: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+                    ) -> dict[int, dict[str, torch.Tensor]]:
+    """Transform a transformers decoder in place; return its shortcut matrices per layer.
+
+    ``bases``: (attention, MLP) orthogonal bases per layer to use instead of the variant's
+    weight SVDs (``weight_bases``); a list that repeats one matrix makes no shortcut there.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant: got {variant!r}; accepted: {', '.join(VARIANTS)}")
     archs = list(getattr(model.config, "architectures", None) or [type(model).__name__])
@@ -57,14 +79,7 @@ def transform_model(model, variant: str, progress=None) -> dict[int, dict[str, t
     layers = model.model.layers
     g_attn = [layer.input_layernorm.weight.double() for layer in layers]
     g_mlp = [layer.post_attention_layernorm.weight.double() for layer in layers]
-    k_folded = [layer.self_attn.k_proj.weight.double() * g for layer, g in zip(layers, g_attn)]
-    if variant == "global":
-        q = basis(torch.cat(k_folded))
-        attn_b = mlp_b = [q] * len(layers)
-    else:
-        attn_b = [basis(w) for w in k_folded]
-        mlp_b = attn_b if variant == "shared" else [
-            basis(layer.mlp.gate_proj.weight.double() * g) for layer, g in zip(layers, g_mlp)]
+    attn_b, mlp_b = bases if bases is not None else weight_bases(model, variant)
 
     emb = model.model.embed_tokens.weight
     lm_head = model.lm_head.weight.double() * model.model.norm.weight.double()
