@@ -66,3 +66,29 @@ def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, wan
                              seg_ends=[8, 16], n=16)
     method._tune_dense_path(torch.nn.Module(), packed)
     assert seen.get("counts") == want  # sparse prefill never runs the dense product
+
+
+@pytest.mark.parametrize("tp_rank,skip,want", [(0, False, True), (1, False, False),
+                                               (0, True, False)])
+def test_tuning_keys_on_the_bias_apply_will_get(monkeypatch, tp_rank, skip, want):
+    """Row-parallel layers pass their bias on TP rank 0 only (vLLM), none with skip_bias_add."""
+    from types import SimpleNamespace
+
+    from wina_vllm import linear
+    from wina_vllm.layers import TargetLinear
+    from wina_vllm.settings import parse_settings
+
+    seen = {}
+    monkeypatch.setattr(linear, "cudagraph_token_counts", lambda: [16])
+    monkeypatch.setattr(linear.dense, "tune",
+                        lambda wt, bias, seg_ends, counts: seen.update(bias=bias) or {})
+    layer = linear.RowParallelLinear.__new__(linear.RowParallelLinear)
+    torch.nn.Module.__init__(layer)
+    layer.bias = torch.nn.Parameter(torch.zeros(16), requires_grad=False)
+    layer.tp_rank, layer.skip_bias_add = tp_rank, skip
+    method = linear.WinaLinearMethod(SimpleNamespace(settings=parse_settings({})),
+                                     TargetLinear(0, "down_proj", ("down",)), [0.5])
+    packed = SimpleNamespace(weight_t=SimpleNamespace(is_cuda=True, shape=(8, 16)),
+                             seg_ends=[16], n=16)
+    method._tune_dense_path(layer, packed)
+    assert (seen["bias"] is not None) == want

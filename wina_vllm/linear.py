@@ -90,7 +90,10 @@ class WinaLinearMethod(LinearMethodBase):
         settings = self.config.settings
         if not packed.weight_t.is_cuda or settings.prefill == "sparse":
             return
-        bias = None if getattr(layer, "skip_bias_add", False) else getattr(layer, "bias", None)
+        # The bias apply() will receive: vLLM's row-parallel layers add it on rank 0 only.
+        passes_bias = not getattr(layer, "skip_bias_add", False) and (
+            not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
+        bias = getattr(layer, "bias", None) if passes_bias else None
         counts = [m for m in cudagraph_token_counts() if m > settings.max_sparse_batch]
         chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
         if chosen:
