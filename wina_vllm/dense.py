@@ -40,7 +40,8 @@ def _lt(x, wt, bias, seg_ends):
     n = seg_ends[-1]
     if bias is None:
         key = (n, x.dtype, x.device)
-        if key not in _zeros:
+        if key not in _zeros:  # first made by tune(), at load: never inside a graph capture,
+            # where the zeroing would be recorded rather than run
             _zeros[key] = torch.zeros(n, dtype=x.dtype, device=x.device)
         bias = _zeros[key]
     return torch.addmm(bias, x, wt[:, :n])
