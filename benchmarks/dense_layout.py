@@ -41,21 +41,21 @@ from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
 TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def split_mm(x: torch.Tensor, wt: torch.Tensor, parts: int) -> torch.Tensor:
-    n = wt.shape[1]
-    out = x.new_empty(x.shape[0], n)
+def column_blocks(n: int, parts: int) -> list[int]:
+    """Ends of ``parts`` column blocks of about equal width (multiples of 64) over n."""
     step = -(-n // parts // 64) * 64
-    for a in range(0, n, step):
-        torch.mm(x, wt[:, a:a + step], out=out[:, a:a + step])
-    return out
+    return [min(a + step, n) for a in range(0, n, step)]
 
 
-def variants(zero_bias: torch.Tensor):
+def variants(n: int):
+    """The forms timed, as ``fn(x, wt)`` on a whole-width layer: the op's own (dense.FORMS)
+    plus 2 and 4 equal column blocks, run by the op's per-projection form."""
+    whole = [n]
     return {
-        "mm": lambda x, wt: torch.mm(x, wt),
-        "addmm_lt": lambda x, wt: torch.addmm(zero_bias, x, wt),
-        "split2": lambda x, wt: split_mm(x, wt, 2),
-        "split4": lambda x, wt: split_mm(x, wt, 4),
+        "mm": lambda x, wt: dense.FORMS["mm"](x, wt, None, whole),
+        "addmm_lt": lambda x, wt: dense.FORMS["lt"](x, wt, None, whole),
+        "split2": lambda x, wt: dense.FORMS["segments"](x, wt, None, column_blocks(n, 2)),
+        "split4": lambda x, wt: dense.FORMS["segments"](x, wt, None, column_blocks(n, 4)),
     }
 
 
@@ -64,7 +64,7 @@ def bench_shape(name: str, k: int, segments: tuple[int, ...], dtype) -> list[dic
     copies = max(2, -(-ROT_BYTES // (n * k * 2)))
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
     wts = [w.t().contiguous() for w in weights]
-    fns = variants(torch.zeros(n, device="cuda", dtype=dtype))
+    fns = variants(n)
     seg_ends = torch.tensor(segments).cumsum(0).tolist()
     choice = dense.tune(wts[0], None, seg_ends, TOKENS)
     fns["tuned"] = lambda x, wt: dense.dense_linear(x, wt, None, seg_ends)

@@ -62,14 +62,14 @@ def _segments(x, wt, bias, seg_ends):
 FORMS: dict[str, Callable] = {"mm": _mm, "lt": _lt, "segments": _segments}
 
 
-def _key(x: torch.Tensor, weight_t: torch.Tensor, bias, seg_ends) -> Key:
-    return (weight_t.shape[0], tuple(seg_ends), x.shape[0], x.dtype, bias is not None)
+def _key(tokens: int, weight_t: torch.Tensor, bias, seg_ends) -> Key:
+    return (weight_t.shape[0], tuple(seg_ends), tokens, weight_t.dtype, bias is not None)
 
 
 def dense_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor],
                  seg_ends: list[int]) -> torch.Tensor:
     """``x @ weight_t[:, :N] + bias`` by the form tuned for this shape (``mm`` if none)."""
-    form = _choice.get(_key(x, weight_t, bias, seg_ends), "mm") if x.is_cuda else "mm"
+    form = _choice.get(_key(x.shape[0], weight_t, bias, seg_ends), "mm") if x.is_cuda else "mm"
     return FORMS[form](x, weight_t, bias, seg_ends)
 
 
@@ -111,10 +111,10 @@ def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[in
     forms = [f for f in FORMS if f != "segments" or len(seg_ends) > 1]
     chosen = {}
     for m in sorted(set(token_counts)):
-        x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
-        key = _key(x, weight_t, bias, seg_ends)
-        if key in _choice:
+        key = _key(m, weight_t, bias, seg_ends)
+        if key in _choice:  # a layer of the same shape was tuned already
             continue
+        x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
         _choice[key] = pick(_time_us(
             {f: lambda f=f: FORMS[f](x, weight_t, bias, seg_ends) for f in forms}))
         if _choice[key] != "mm":
