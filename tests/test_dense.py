@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import requires_vllm
+
 from wina_vllm import dense
 from wina_vllm.packing import pack_linear
 
@@ -47,6 +49,7 @@ def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
     assert not calls
 
 
+@requires_vllm
 @pytest.mark.parametrize("prefill,want", [("dense", [4, 8, 16]), ("sparse", None)])
 def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, want):
     from types import SimpleNamespace
@@ -68,6 +71,7 @@ def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, wan
     assert seen.get("counts") == want  # sparse prefill never runs the dense product
 
 
+@requires_vllm
 @pytest.mark.parametrize("tp_rank,skip,want", [(0, False, True), (1, False, False),
                                                (0, True, False)])
 def test_tuning_keys_on_the_bias_apply_will_get(monkeypatch, tp_rank, skip, want):
