@@ -9,8 +9,8 @@
 // order, so results are deterministic), then streams those rows, 16 bytes per lane and
 // 8 rows in flight, accumulating in fp32. Rows no token keeps are never read. Warps are
 // summed in shared memory; chunks are summed by the last block to arrive at a tile
-// (arrival counter, one acq_rel atomic per block, reset by the last), in chunk order,
-// which adds the bias.
+// (arrival counter, one acq_rel atomic per block, reset by the last), in a fixed order,
+// with its loads in one round trip; it adds the bias.
 //
 // Programmatic dependent launch (sm_90, when the launch asks for it): a block lets the
 // next kernel on the stream begin launching at once, and waits for the previous kernel's
@@ -105,16 +105,31 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   const int row_end = min(row_begin + warp_rows, p.K);
   int n_rows = 0;
   long long kept = 0;
-  for (int base = row_begin; base < row_end; base += 32) {
+  // All of this warp's x and scale loads are issued before any is used: one round trip
+  // instead of one per 32 rows (down and gate_up have 56-128 rows per warp).
+  constexpr int kGateRounds = kMaxChunkRows / kWarps / 32;
+  float g_scale[kGateRounds], g_x[kGateRounds][M];
+#pragma unroll
+  for (int r = 0; r < kGateRounds; ++r) {
+    const int i = row_begin + r * 32 + lane;
+    const bool in = i < row_end;
+    g_scale[r] = in ? __ldg(scale + i) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      g_x[r][m] = in ? Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]) : 0.f;
+  }
+#pragma unroll
+  for (int r = 0; r < kGateRounds; ++r) {
+    const int base = row_begin + r * 32;
+    if (base >= row_end) break;
     const int i = base + lane;
     float xm[M];
     bool any = false;
     if (i < row_end) {
-      const float c = scale[i];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const float v = Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]);
-        const bool keep = fabsf(v) * c >= thr[m];
+        const float v = g_x[r][m];
+        const bool keep = fabsf(v) * g_scale[r] >= thr[m];
         xm[m] = keep ? v : 0.f;
         any |= keep;
         kept += keep;
@@ -221,22 +236,41 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   }
   __syncthreads();
   if (!s_last) return;
-  if (col_valid) {
-    // Chunks are summed in order (deterministic), 8 loads in flight per round trip.
-    const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTileN;
-    const float* src = p.partial + static_cast<size_t>(tile) * M * kTileN + threadIdx.x;
+  // Sum the chunks in one round trip: a thread owns 4 columns (one float4) of every 4th
+  // chunk, with up to kInFlight loads issued before the first add; then the 4 groups are
+  // added in shared memory. Fixed order, so deterministic. (Scalar loads 8 at a time took
+  // 3-4 round trips on qkv, o and down; with the gate's single round trip this saves
+  // 0.3-0.6 us per call on the H200, RESULTS.md section 1.)
+  constexpr int kGroups = kThreads / (kTileN / 4);
+  constexpr int kInFlight = 8;  // 32 chunks in one round; keeps M <= 2 at 64 registers
+  const int grp = threadIdx.x / (kTileN / 4), col4 = threadIdx.x % (kTileN / 4);
+  const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTileN;
+  const float* src = p.partial + static_cast<size_t>(tile) * M * kTileN + col4 * 4;
+  float* s_sum = reinterpret_cast<float*>(smem_raw);  // [kGroups][kTileN]
+#pragma unroll 1
+  for (int m = 0; m < M; ++m) {
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1
+    for (int c0 = grp; c0 < p.chunks; c0 += kGroups * kInFlight) {
+      float4 v[kInFlight];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float v = 0.f;
-      int c = 0;
-      for (; c + 8 <= p.chunks; c += 8) {
-        float part8[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) part8[j] = __ldcg(src + (c + j) * chunk_stride + m * kTileN);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v += part8[j];
+      for (int j = 0; j < kInFlight; ++j) {
+        const int c = c0 + j * kGroups;
+        const float* at = src + c * chunk_stride + m * kTileN;
+        v[j] = c < p.chunks ? __ldcg(reinterpret_cast<const float4*>(at)) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
-      for (; c < p.chunks; ++c) v += __ldcg(src + c * chunk_stride + m * kTileN);
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        sum.x += v[j].x; sum.y += v[j].y; sum.z += v[j].z; sum.w += v[j].w;
+      }
+    }
+    if (m > 0) __syncthreads();  // the previous token's sums have been read
+    reinterpret_cast<float4*>(s_sum)[grp * (kTileN / 4) + col4] = sum;
+    __syncthreads();
+    if (col_valid) {
+      float v = 0.f;
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) v += s_sum[g * kTileN + threadIdx.x];
       out[static_cast<size_t>(m) * p.N + col] = Vec<T>::from_float(v + b);
     }
   }
