@@ -61,11 +61,17 @@ def reference_ppl(model, wins, gates: list[dict] | None) -> float:
     return math.exp(nll / count)
 
 
+MODES = ("topk", "topk-greedy", "thr", "thr-greedy")  # the names' middle parts
+
+
 def configs(cal_dir: Path) -> list[dict]:
     out = [{"name": "dense", "criterion": None, "sparsity": 0.0, "mode": "dense"}]
     for s in SPARSITIES:
         for c in CRITERIA:
             out.append({"name": f"{c}-topk-{s}", "criterion": c, "sparsity": s, "mode": "topk"})
+            out.append({"name": f"{c}-topk-greedy-{s}", "criterion": c, "sparsity": s,
+                        "mode": "topk", "greedy": True,
+                        "calibration": str(cal_dir / f"{c}-{s}-greedy.safetensors")})
             for greedy in (False, True):
                 g = "-greedy" if greedy else ""
                 out.append({"name": f"{c}-thr{g}-{s}", "criterion": c, "sparsity": s,
@@ -77,9 +83,9 @@ def configs(cal_dir: Path) -> list[dict]:
 def wina_settings(cfg: dict) -> dict | None:
     if cfg["mode"] == "dense":
         return None
-    if cfg["mode"] == "topk":
+    if "calibration" not in cfg:
         return {"sparsity": cfg["sparsity"], "criterion": cfg["criterion"], "prefill": "sparse"}
-    return {"mode": "threshold", "calibration": cfg["calibration"], "criterion": cfg["criterion"],
+    return {"mode": cfg["mode"], "calibration": cfg["calibration"], "criterion": cfg["criterion"],
             "prefill": "sparse"}
 
 
@@ -89,10 +95,14 @@ def main() -> None:
     add_window_args(ap)
     ap.add_argument("--vllm", choices=["all", "subset", "none"], default="subset",
                     help="which configurations also run through vLLM")
+    ap.add_argument("--only", default="",
+                    help="run only the configurations whose name contains this (and dense)")
+    ap.add_argument("--calibration-dir", type=Path,
+                    help="reuse the calibration files there (default: OUT/calibration)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
-    cal_dir = args.out / "calibration"
+    cal_dir = args.calibration_dir or args.out / "calibration"
     t0 = time.time()
     for c in CRITERIA:
         if not all((cal_dir / f"{c}-{s}{g}.safetensors").exists()
@@ -105,9 +115,11 @@ def main() -> None:
     wins = windows(tok, text, args.windows, args.window_tokens)
     rows = []
     for cfg in configs(cal_dir):
-        cal = cf.load(cfg["calibration"]) if cfg["mode"] == "threshold" else None
-        gates = None if cfg["mode"] == "dense" else make_gates(model, cfg["criterion"],
-                                                                 cfg["sparsity"], cal)
+        if args.only not in cfg["name"] and cfg["mode"] != "dense":
+            continue
+        cal = cf.load(cfg["calibration"]) if "calibration" in cfg else None
+        gates = None if cfg["mode"] == "dense" else make_gates(
+            model, cfg["criterion"], cfg["sparsity"], cal, topk=cfg["mode"] == "topk")
         t = time.time()
         row = dict(cfg, reference_ppl=reference_ppl(model, wins, gates))
         if cal is not None:
@@ -141,11 +153,12 @@ def write_report(rows: list[dict], out: Path) -> None:
                      (f"{v:.3f} | {v / r['reference_ppl']:.4f} |" if v else "- | - |"))
     lines += ["", "WINA vs TEAL (reference perplexity, same mode and sparsity):", "",
               "| mode | sparsity | TEAL | WINA | WINA <= TEAL |", "|---|---|---|---|---|"]
-    for mode in ("topk", "thr", "thr-greedy"):
+    ppl = {r["name"]: r["reference_ppl"] for r in rows}
+    for mode in MODES:
         for s in SPARSITIES:
-            t = next(r for r in rows if r["name"] == f"teal-{mode}-{s}")["reference_ppl"]
-            w = next(r for r in rows if r["name"] == f"wina-{mode}-{s}")["reference_ppl"]
-            lines.append(f"| {mode} | {s} | {t:.3f} | {w:.3f} | {'yes' if w <= t else 'no'} |")
+            t, w = ppl.get(f"teal-{mode}-{s}"), ppl.get(f"wina-{mode}-{s}")
+            if t is not None and w is not None:
+                lines.append(f"| {mode} | {s} | {t:.3f} | {w:.3f} | {'yes' if w <= t else 'no'} |")
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -153,9 +166,10 @@ def write_report(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in ("teal-topk", "wina-topk", "teal-thr", "wina-thr", "teal-thr-greedy",
-                   "wina-thr-greedy"):
+    for method in (f"{c}-{m}" for m in MODES for c in CRITERIA):
         pts = [r for r in rows if r["name"].rsplit("-", 1)[0] == method]
+        if not pts:
+            continue
         ax.plot([0] + [r["sparsity"] for r in pts], [dense] + [r["reference_ppl"] for r in pts],
                 marker="o", label=method)
         vp = [r for r in pts if r.get("vllm_ppl")]

@@ -28,3 +28,34 @@ def test_prompt_logprobs_match_the_reference(tiny_models, criterion):
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-3)
     dense = run_engine(model=str(tiny_models["llama"]), prompt_token_ids=[ids], max_tokens=1)
     assert (torch.tensor(dense["prompt_logprobs"][0], dtype=torch.float64) - ref).abs().max() > 1e-2
+
+
+def test_topk_mode_takes_each_layers_k_from_a_greedy_calibration_file(tiny_models, tmp_path):
+    """mode topk + a --greedy file: every (layer, projection) keeps its own k, in vLLM as in
+    the reference."""
+    from wina_vllm import calibration_file as cf
+    from wina_vllm.calibrate import calibrate
+    from wina_vllm.settings import PROJECTIONS
+
+    path = tmp_path / "greedy.safetensors"
+    calibrate(str(tiny_models["llama"]), path, 0.4, "wina", greedy=True,
+              text=stdlib_prose(60_000), window=128, windows=4)
+    cal = cf.load(path)
+    assert cal.sparsity.std() > 0.05, "the test needs uneven per-layer sparsity"
+    model, tok = load_hf_model(str(tiny_models["llama"]))
+    ids = tok(stdlib_prose(300_000)[-4000:], add_special_tokens=False).input_ids[:96]
+    with torch.no_grad(), gated(model, make_gates(model, "wina", 0.0, cal, topk=True)):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+    ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    r = run_engine(model=str(tiny_models["llama"]), prompt_token_ids=[ids], max_tokens=1,
+                   wina={"calibration": str(path), "prefill": "sparse"})
+    assert not r.get("error"), r.get("output")
+    torch.testing.assert_close(torch.tensor(r["prompt_logprobs"][0], dtype=torch.float64), ref,
+                               rtol=0, atol=2e-3)
+    k = model.config.hidden_size
+    for name, per_proj in r["sparsity"].items():
+        layer = int(name.split(".")[2])
+        for proj, realized in per_proj.items():
+            want = float(cal.sparsity[layer, PROJECTIONS.index(proj)])
+            width = model.config.intermediate_size if proj == "down" else k
+            assert abs(realized - want) <= 1.0 / width + 1e-6, (name, proj, realized, want)

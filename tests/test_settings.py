@@ -32,6 +32,11 @@ def test_threshold_mode(tmp_path):
     assert s.mode == "threshold"
 
 
+def test_topk_mode_takes_a_calibration_file_for_its_per_layer_k(tmp_path):
+    s = parse_settings({"calibration": str(tmp_path / "c.safetensors")})
+    assert (s.mode, s.calibration) == ("topk", str(tmp_path / "c.safetensors"))
+
+
 @pytest.mark.parametrize("raw,names", [
     ({"sparsity": 1.0}, ["sparsity", "1.0", "[0, 1)"]),
     ({"sparsity": -0.1}, ["sparsity", "-0.1"]),
@@ -44,7 +49,7 @@ def test_threshold_mode(tmp_path):
     ({"mode": "random"}, ["mode", "'random'", "'topk'", "'threshold'"]),
     ({"mode": "threshold"}, ["calibration", "required"]),
     ({"mode": "threshold", "calibration": "c.st", "sparsity": 0.5}, ["sparsity", "calibration"]),
-    ({"calibration": "c.st"}, ["calibration", "topk"]),
+    ({"calibration": "c.st", "sparsity": 0.25}, ["sparsity", "calibration", "topk"]),
     ({"calibration": 3, "mode": "threshold"}, ["calibration", "3"]),
     ({"skip_layers": "0,1"}, ["skip_layers", "'0,1'"]),
     ({"skip_layers": [-1]}, ["skip_layers", "-1"]),

@@ -86,7 +86,7 @@ class WinaConfig(compat.QuantizationConfig):
             settings = load_settings()
             self._hf_config = compat.get_current_vllm_config().model_config.hf_config
             check_architecture(getattr(self._hf_config, "architectures", None))
-            if settings.mode == "threshold":
+            if settings.calibration is not None:
                 cal = calibration_file.load(settings.calibration)
                 calibration_file.check_model(cal, self._hf_config, settings.criterion,
                                              settings.calibration)
@@ -102,7 +102,7 @@ class WinaConfig(compat.QuantizationConfig):
 
     def thresholds(self, target: TargetLinear) -> list[float]:
         """Per-projection thresholds of a layer (zeros in top-k mode, where they are unused)."""
-        if self._calibration is None:
+        if self._calibration is None or self.settings.mode == "topk":
             return [0.0] * len(target.projections)
         row = self._calibration.thresholds[target.layer_index]
         return [float(row[PROJECTIONS.index(p)]) for p in target.projections]

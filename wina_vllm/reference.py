@@ -40,8 +40,10 @@ def decoder_layers(model):
     return [getattr(layer, "layer", layer) for layer in model.model.layers]
 
 
-def make_gates(model, criterion: str, sparsity: float, calibration=None) -> list[dict]:
-    """One gate per projection per layer (thresholds from a calibration file if given)."""
+def make_gates(model, criterion: str, sparsity: float, calibration=None,
+               topk: bool = False) -> list[dict]:
+    """One gate per projection per layer. With a calibration file: its thresholds, or with
+    ``topk`` a per-token top-k at the file's sparsity for each layer and projection."""
     gates = []
     for i, layer in enumerate(decoder_layers(model)):
         row = {}
@@ -49,7 +51,7 @@ def make_gates(model, criterion: str, sparsity: float, calibration=None) -> list
             row[p] = ReferenceGate(
                 layer.get_submodule(path).weight, criterion,
                 float(calibration.sparsity[i, j]) if calibration else sparsity,
-                float(calibration.thresholds[i, j]) if calibration else None)
+                float(calibration.thresholds[i, j]) if calibration and not topk else None)
         gates.append(row)
     return gates
 

@@ -96,12 +96,10 @@ def parse_settings(raw: Mapping[str, Any] | None) -> WinaSettings:
     if mode == "threshold" and calibration is None:
         raise _fail("calibration", None, "a calibration file path, required when mode is "
                     "'threshold' (make one with `wina-vllm calibrate`)")
-    if mode == "threshold" and "sparsity" in raw:
-        raise _fail("sparsity", raw["sparsity"], "no sparsity in mode 'threshold': the "
-                    "calibration file sets it (per layer and projection)")
-    if mode == "topk" and calibration is not None:
-        raise _fail("calibration", calibration, "no calibration file in mode 'topk' "
-                    "(thresholds are only used in mode 'threshold')")
+    if calibration is not None and "sparsity" in raw:
+        raise _fail("sparsity", raw["sparsity"], "no sparsity with a calibration file: the "
+                    "file sets it per layer and projection (in mode 'topk', as each "
+                    "projection's k)")
 
     max_sparse_batch = raw.get("max_sparse_batch", DEFAULT_MAX_SPARSE_BATCH)
     if (isinstance(max_sparse_batch, bool) or not isinstance(max_sparse_batch, int)
