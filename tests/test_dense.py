@@ -7,7 +7,7 @@ import torch
 
 from conftest import requires_vllm
 
-from wina_vllm import dense
+from wina_vllm import dense, kernels
 from wina_vllm.packing import pack_linear
 
 
@@ -96,3 +96,49 @@ def test_tuning_keys_on_the_bias_apply_will_get(monkeypatch, tp_rank, skip, want
                              seg_ends=[16], n=16)
     method._tune_dense_path(layer, packed)
     assert (seen["bias"] is not None) == want
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [16, 100])
+def test_every_cublaslt_algorithm_computes_the_product(dtype, tokens):
+    """Each listed algorithm on a padded layer (ldw > N: only N columns are used)."""
+    torch.manual_seed(tokens)
+    segments = [200, 60, 60]  # N = 320, stored rows padded to a multiple of 8 as packed
+    packed = pack_linear(torch.randn(sum(segments), 512, dtype=dtype, device="cuda") / 512**0.5,
+                         segments, "wina")
+    wt = torch.nn.functional.pad(packed.weight_t, (0, 8)).contiguous()  # ldw = N + 8
+    x = torch.randn(tokens, 512, dtype=dtype, device="cuda")
+    want = (x.double() @ wt[:, :320].double())
+    count = kernels.lt_algos(x, wt, 320)
+    assert count >= 1
+    for algo in range(count):
+        got = kernels.lt_matmul(x, wt, 320, algo)
+        assert got.shape == (tokens, 320)
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err <= 1e-2, (algo, float(err))
+
+
+@cuda
+@pytest.mark.gpu
+def test_tuned_algorithm_runs_and_misaligned_inputs_fall_back(monkeypatch):
+    packed = pack_linear(torch.randn(256, 128, dtype=torch.bfloat16, device="cuda"), [256], "wina")
+    x = torch.randn(33, 128, dtype=torch.bfloat16, device="cuda")
+    key = (128, tuple(packed.seg_ends), 33, torch.bfloat16, False)
+    monkeypatch.setitem(dense._choice, key, f"{dense.ALGO}0")
+    calls = []
+    real = kernels.lt_matmul
+    monkeypatch.setattr(kernels, "lt_matmul", lambda *a: calls.append(a) or real(*a))
+    want = x.float() @ packed.weight_t[:, :256].float()
+    got = dense.dense_linear(x, packed.weight_t, None, packed.seg_ends)
+    assert len(calls) == 1 and (got.float() - want).abs().max() <= 0.02 * want.abs().max()
+    # A view 2 bytes into a buffer is not 16-byte aligned: the plain product runs instead.
+    buf = torch.randn(33 * 128 + 1, dtype=torch.bfloat16, device="cuda")
+    shifted = buf[1:].view(33, 128)
+    got = dense.dense_linear(shifted, packed.weight_t, None, packed.seg_ends)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, shifted @ packed.weight_t[:, :256])

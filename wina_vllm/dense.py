@@ -15,6 +15,9 @@ Forms:
   to cuBLASLt, whose heuristic chooses among other kernels.
 - ``segments``: one product per fused projection (q/k/v, gate/up), each written in place
   into its columns of one output.
+- ``algo0``, ``algo1``, ...: the algorithms cuBLASLt's heuristic lists for this exact
+  problem (``csrc/lt_matmul.cpp``), without a bias; e.g. gate_up at 128 tokens 0.89x
+  ``F.linear``'s time, qkv at 256 0.99x where ``mm`` took 1.06x (RESULTS.md, section 1).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import statistics
 from typing import Callable, Iterable, Optional
 
 import torch
+
+from wina_vllm import kernels
 
 MARGIN = 0.05  # a form must be this much faster than ``mm`` to be chosen (timing noise)
 
@@ -60,6 +65,15 @@ def _segments(x, wt, bias, seg_ends):
 
 
 FORMS: dict[str, Callable] = {"mm": _mm, "lt": _lt, "segments": _segments}
+ALGO = "algo"  # prefix of the cuBLASLt algorithm forms: algo<i> is the heuristic's i-th
+
+
+def _run(form: str, x, wt, bias, seg_ends) -> torch.Tensor:
+    if form.startswith(ALGO):
+        if x.is_contiguous() and x.data_ptr() % 16 == 0:  # the algorithms' alignment
+            return kernels.lt_matmul(x, wt, seg_ends[-1], int(form[len(ALGO):]))
+        form = "mm"
+    return FORMS[form](x, wt, bias, seg_ends)
 
 
 def _key(tokens: int, weight_t: torch.Tensor, bias, seg_ends) -> Key:
@@ -70,7 +84,7 @@ def dense_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.T
                  seg_ends: list[int]) -> torch.Tensor:
     """``x @ weight_t[:, :N] + bias`` by the form tuned for this shape (``mm`` if none)."""
     form = _choice.get(_key(x.shape[0], weight_t, bias, seg_ends), "mm") if x.is_cuda else "mm"
-    return FORMS[form](x, weight_t, bias, seg_ends)
+    return _run(form, x, weight_t, bias, seg_ends)
 
 
 def pick(times: dict[str, float], margin: float = MARGIN) -> str:
@@ -101,6 +115,18 @@ def _time_us(fns: dict[str, Callable[[], torch.Tensor]], reps: int = 5,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _algorithms(x, weight_t, bias, seg_ends) -> list[str]:
+    """cuBLASLt's algorithms for this problem (bf16/fp16, no bias) that compute it: each is
+    checked against ``mm`` once, so a wrong one is never timed or chosen."""
+    if bias is not None or weight_t.dtype not in kernels.DTYPES:
+        return []
+    want = _mm(x, weight_t, None, seg_ends).float()
+    tol = 0.02 * want.abs().max().item()
+    return [f"{ALGO}{i}" for i in range(kernels.lt_algos(x, weight_t, seg_ends[-1]))
+            if (_run(f"{ALGO}{i}", x, weight_t, None, seg_ends).float() - want).abs().max().item()
+            <= tol]
+
+
 @torch.no_grad()
 def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[int],
          token_counts: Iterable[int]) -> dict[int, str]:
@@ -115,8 +141,9 @@ def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[in
         if key in _choice:  # a layer of the same shape was tuned already
             continue
         x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
+        candidates = forms + _algorithms(x, weight_t, bias, seg_ends)
         _choice[key] = pick(_time_us(
-            {f: lambda f=f: FORMS[f](x, weight_t, bias, seg_ends) for f in forms}))
+            {f: lambda f=f: _run(f, x, weight_t, bias, seg_ends) for f in candidates}))
         if _choice[key] != "mm":
             chosen[m] = _choice[key]
     return chosen

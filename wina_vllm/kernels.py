@@ -1,9 +1,9 @@
 """The CUDA kernels: built on first use with torch.utils.cpp_extension (ninja), cached.
 
 Targets come from ``TORCH_CUDA_ARCH_LIST`` when set (the Dockerfile builds
-8.0, 8.9 and 9.0 ahead of time), else from the visible GPU. Only the CUDA
-implementation of ``wina::sparse_linear`` imports this module, so a machine
-without CUDA or nvcc never builds anything.
+8.0, 8.9 and 9.0 ahead of time), else from the visible GPU. Nothing is built at
+import: only a call on CUDA tensors builds, so a machine without CUDA or nvcc
+never builds anything.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from wina_vllm import envs
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu")
+SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu", "lt_matmul.cpp")
 DTYPES = (torch.bfloat16, torch.float16)  # others run the op's torch reference
 
 
@@ -34,6 +34,7 @@ def load() -> None:
             extra_cflags=["-O3", "-std=c++17"],
             extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo",
                                "-Xptxas=-v" if envs.build_verbose() else "-Xptxas=-O3"],
+            extra_ldflags=["-lcublasLt"],
             build_directory=str(out),
             is_python_module=False,
             verbose=envs.build_verbose(),
@@ -109,3 +110,15 @@ def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
                                         stats, workspace, seg_ends,
                                         envs.programmatic_launch() if pdl is None else pdl)
+
+
+def lt_algos(x: torch.Tensor, weight_t: torch.Tensor, n: int) -> int:
+    """How many cuBLASLt algorithms the heuristic offers for ``x @ weight_t[:, :n]``."""
+    load()
+    return torch.ops.wina_C.lt_algos(x, weight_t, n)
+
+
+def lt_matmul(x: torch.Tensor, weight_t: torch.Tensor, n: int, algo: int) -> torch.Tensor:
+    """``x @ weight_t[:, :n]`` by the ``algo``-th of those algorithms (csrc/lt_matmul.cpp)."""
+    load()
+    return torch.ops.wina_C.lt_matmul(x, weight_t, n, algo)
