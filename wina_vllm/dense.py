@@ -30,6 +30,7 @@ import torch
 from wina_vllm import kernels
 
 MARGIN = 0.05  # a form must be this much faster than ``mm`` to be chosen (timing noise)
+ROTATE_BYTES = 128 << 20  # weight bytes the tuner rotates over: more than any GPU's L2
 
 Key = tuple[int, tuple[int, ...], int, torch.dtype, bool]
 _choice: dict[Key, str] = {}  # (K, seg_ends, tokens, dtype, has bias) -> form
@@ -93,26 +94,37 @@ def pick(times: dict[str, float], margin: float = MARGIN) -> str:
     return best if times[best] < times["mm"] * (1 - margin) else "mm"
 
 
-def _time_us(fns: dict[str, Callable[[], torch.Tensor]], reps: int = 5,
-             burst: int = 8) -> dict[str, float]:
-    """Median time per call of each function in bursts of back-to-back calls, the functions
-    taking turns (so drift hits them alike). Bursts, not single calls: single calls timed
-    with L2 flushed between them ranked the forms differently from steady state on the H200
-    (they missed gate_up's 1.57x at 128 tokens, and picked a slower form elsewhere)."""
+def _time_us(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+             weights: list[torch.Tensor], reps: int = 5) -> dict[str, float]:
+    """Median time per call of each function in bursts of back-to-back calls over
+    ``weights`` in turn, the functions taking turns (so drift hits them alike). Bursts, not
+    single calls: single calls timed with L2 flushed between them ranked the forms
+    differently from steady state on the H200 (they missed gate_up's 1.57x at 128 tokens).
+    Over copies together larger than L2, not one weight: decode never finds a layer's
+    weight in L2, and with it there the tuner chose cuBLASLt algorithms for o at 16-64
+    tokens that ran 1.07-1.17x ``F.linear``'s time on weights from memory."""
+    burst = max(8, len(weights))
     for fn in fns.values():
-        fn()
+        fn(weights[0])
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
-            for _ in range(burst):
-                fn()
+            for i in range(burst):
+                fn(weights[i % len(weights)])
             end.record()
             end.synchronize()
             times[name].append(start.elapsed_time(end) * 1e3 / burst)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _copies(weight_t: torch.Tensor) -> list[torch.Tensor]:
+    """The weight and as many temporary copies as make ``ROTATE_BYTES`` (none for a weight
+    that size or larger)."""
+    n = -(-ROTATE_BYTES // (weight_t.numel() * weight_t.element_size()))
+    return [weight_t] + [weight_t.clone() for _ in range(n - 1)]
 
 
 def _algorithms(x, weight_t, bias, seg_ends) -> list[str]:
@@ -135,15 +147,16 @@ def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[in
     if not weight_t.is_cuda:
         return {}
     forms = [f for f in FORMS if f != "segments" or len(seg_ends) > 1]
-    chosen = {}
+    chosen, weights = {}, None
     for m in sorted(set(token_counts)):
         key = _key(m, weight_t, bias, seg_ends)
         if key in _choice:  # a layer of the same shape was tuned already
             continue
         x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
         candidates = forms + _algorithms(x, weight_t, bias, seg_ends)
+        weights = weights or _copies(weight_t)
         _choice[key] = pick(_time_us(
-            {f: lambda f=f: _run(f, x, weight_t, bias, seg_ends) for f in candidates}))
+            {f: lambda wt, f=f: _run(f, x, wt, bias, seg_ends) for f in candidates}, weights))
         if _choice[key] != "mm":
             chosen[m] = _choice[key]
     return chosen
