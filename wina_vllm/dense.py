@@ -96,28 +96,37 @@ def pick(times: dict[str, float], margin: float = MARGIN) -> str:
 
 def _time_us(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
              weights: list[torch.Tensor], reps: int = 5) -> dict[str, float]:
-    """Median time per call of each function in bursts of back-to-back calls over
-    ``weights`` in turn, the functions taking turns (so drift hits them alike). Bursts, not
-    single calls: single calls timed with L2 flushed between them ranked the forms
-    differently from steady state on the H200 (they missed gate_up's 1.57x at 128 tokens).
-    Over copies together larger than L2, not one weight: decode never finds a layer's
-    weight in L2, and with it there the tuner chose cuBLASLt algorithms for o at 16-64
-    tokens that ran 1.07-1.17x ``F.linear``'s time on weights from memory."""
+    """Median time per call of each function, replaying a CUDA graph of back-to-back calls
+    over ``weights`` in turn, the functions taking turns (so drift hits them alike).
+
+    As vLLM runs them: in a graph (eager calls of 10-20 us kernels time the host's launch
+    rate, not the GPU), never finding the weight in L2 (the layers between evict it: with
+    one L2-resident weight, or eager bursts, the tuner chose algorithms for o at 16-64 tokens
+    that ran 1.04-1.17x ``F.linear``'s time from memory), and in bursts, not single calls
+    (single calls with L2 flushed missed gate_up's 1.57x at 128 tokens).
+    """
     burst = max(8, len(weights))
     for fn in fns.values():
-        fn(weights[0])
+        fn(weights[0])  # outside the capture: workspaces, handles, algorithm lists
+    torch.cuda.synchronize()
+    graphs, pool = {}, None
+    for name, fn in fns.items():
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name], pool=pool):
+            for i in range(burst):
+                fn(weights[i % len(weights)])
+        pool = graphs[name].pool()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for _ in range(reps + 1):  # the first round warms up
+        for name, graph in graphs.items():
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
-            for i in range(burst):
-                fn(weights[i % len(weights)])
+            graph.replay()
             end.record()
             end.synchronize()
             times[name].append(start.elapsed_time(end) * 1e3 / burst)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
 def _copies(weight_t: torch.Tensor) -> list[torch.Tensor]:
