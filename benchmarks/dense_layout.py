@@ -38,7 +38,7 @@ from kernel_bench import ROT_BYTES, graph_time_us  # noqa: E402
 from wina_vllm import dense  # noqa: E402
 from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
 
-TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+TOKENS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def column_blocks(n: int, parts: int) -> list[int]:
