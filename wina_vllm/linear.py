@@ -16,6 +16,8 @@ their own input shard (k/tp each); threshold mode is exactly shard-invariant.
 
 from __future__ import annotations
 
+import time
+
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,11 +97,12 @@ class WinaLinearMethod(LinearMethodBase):
             not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
         bias = getattr(layer, "bias", None) if passes_bias else None
         counts = [m for m in cudagraph_token_counts() if m > settings.max_sparse_batch]
+        start = time.perf_counter()
         chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
         if chosen:
-            _log.info("wina: dense product of %s (K=%d, N=%d) at %s tokens: %s",
+            _log.info("wina: dense product of %s (K=%d, N=%d) at %s tokens: %s (tuned in %.1f s)",
                       self.target.name, packed.weight_t.shape[0], packed.n, sorted(chosen),
-                      sorted(set(chosen.values())))
+                      [chosen[m] for m in sorted(chosen)], time.perf_counter() - start)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
