@@ -50,8 +50,8 @@ def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
 
 
 @requires_vllm
-@pytest.mark.parametrize("prefill,want", [("dense", [4, 8, 16]), ("sparse", None)])
-def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, want):
+@pytest.mark.parametrize("prefill,want", [("dense", [4, 8, 16, 2048]), ("sparse", None)])
+def test_layers_tune_at_the_dense_graph_sizes_and_the_prefill_budget(monkeypatch, prefill, want):
     from types import SimpleNamespace
 
     from wina_vllm import linear
@@ -60,6 +60,7 @@ def test_layers_tune_at_the_graph_sizes_that_run_dense(monkeypatch, prefill, wan
 
     seen = {}
     monkeypatch.setattr(linear, "cudagraph_token_counts", lambda: [1, 2, 4, 8, 16])
+    monkeypatch.setattr(linear, "max_batched_tokens", lambda: 2048)
     monkeypatch.setattr(linear.dense, "tune",
                         lambda wt, bias, seg_ends, counts: seen.update(counts=list(counts)) or {})
     settings = parse_settings({"max_sparse_batch": 2, "prefill": prefill})

@@ -33,6 +33,7 @@ __all__ = [
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
     "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum", "cudagraph_token_counts",
+    "max_batched_tokens",
 ]
 
 
@@ -65,3 +66,9 @@ def cudagraph_token_counts() -> list[int]:
     cfg = get_current_vllm_config_or_none()
     sizes = getattr(getattr(cfg, "compilation_config", None), "cudagraph_capture_sizes", None)
     return sorted(sizes or [])
+
+
+def max_batched_tokens() -> int | None:
+    """The scheduler's token budget per step: the size of every full chunked-prefill step."""
+    cfg = get_current_vllm_config_or_none()
+    return getattr(getattr(cfg, "scheduler_config", None), "max_num_batched_tokens", None)

@@ -29,6 +29,7 @@ from wina_vllm.compat import (
     RowParallelLinear,
     all_reduce_sum,
     cudagraph_token_counts,
+    max_batched_tokens,
     get_logger,
     set_weight_attrs,
 )
@@ -96,7 +97,10 @@ class WinaLinearMethod(LinearMethodBase):
         passes_bias = not getattr(layer, "skip_bias_add", False) and (
             not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
         bias = getattr(layer, "bias", None) if passes_bias else None
-        counts = [m for m in cudagraph_token_counts() if m > settings.max_sparse_batch]
+        # Decode steps are padded to the CUDA-graph sizes; long prompts are prefilled in
+        # steps of the scheduler's full token budget.
+        counts = [m for m in cudagraph_token_counts() + [max_batched_tokens() or 0]
+                  if m > settings.max_sparse_batch]
         start = time.perf_counter()
         chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
         if chosen:
