@@ -4,10 +4,11 @@ cuBLAS chooses its kernel by shape and layout, and for this (non-transposed) lay
 chooses a slow one at a few shapes: on the H200, Llama-3-8B's gate_up at 128 tokens took
 1.58x the time of ``F.linear`` on the original layout, while the same product computed
 as one GEMM per fused projection took 1.00x (benchmarks/RESULTS.md, section 1). So when
-a model loads, each distinct layer shape times the ways of computing it (``FORMS``) at
-the token counts decode steps are padded to (vLLM's CUDA-graph sizes) and keeps, per
-token count, the fastest one where it beats the plain product by more than ``MARGIN``.
-Other token counts, and every call on the CPU, use the plain product.
+a model loads, each distinct layer shape times the ways of computing it at the token
+counts decode steps are padded to (vLLM's CUDA-graph sizes) and at the scheduler's token
+budget (full chunked-prefill steps), and keeps, per token count, the fastest one where it
+beats the plain product by more than ``MARGIN``. Other token counts, and every call on
+the CPU, use the plain product.
 
 Forms:
 - ``mm``: ``torch.mm`` (``torch.addmm`` with a bias): cuBLAS.
