@@ -50,8 +50,11 @@ def test_cpu_ignores_tuning_and_uses_the_plain_product(monkeypatch):
 
 
 @requires_vllm
-@pytest.mark.parametrize("prefill,want", [("dense", [4, 8, 16, 2048]), ("sparse", None)])
-def test_layers_tune_at_the_dense_graph_sizes_and_the_prefill_budget(monkeypatch, prefill, want):
+@pytest.mark.parametrize("prefill,budget,want", [("dense", 2048, [4, 8, 16, 2048]),
+                                                 ("dense", 65536, [4, 8, 16]),
+                                                 ("sparse", 2048, None)])
+def test_layers_tune_at_the_dense_graph_sizes_and_the_prefill_budget(monkeypatch, prefill,
+                                                                     budget, want):
     from types import SimpleNamespace
 
     from wina_vllm import linear
@@ -60,7 +63,7 @@ def test_layers_tune_at_the_dense_graph_sizes_and_the_prefill_budget(monkeypatch
 
     seen = {}
     monkeypatch.setattr(linear, "cudagraph_token_counts", lambda: [1, 2, 4, 8, 16])
-    monkeypatch.setattr(linear, "max_batched_tokens", lambda: 2048)
+    monkeypatch.setattr(linear, "max_batched_tokens", lambda: budget)
     monkeypatch.setattr(linear.dense, "tune",
                         lambda wt, bias, seg_ends, counts: seen.update(counts=list(counts)) or {})
     settings = parse_settings({"max_sparse_batch": 2, "prefill": prefill})
@@ -69,7 +72,8 @@ def test_layers_tune_at_the_dense_graph_sizes_and_the_prefill_budget(monkeypatch
     packed = SimpleNamespace(weight_t=SimpleNamespace(is_cuda=True, shape=(8, 16)),
                              seg_ends=[8, 16], n=16)
     method._tune_dense_path(torch.nn.Module(), packed)
-    assert seen.get("counts") == want  # sparse prefill never runs the dense product
+    # Sparse prefill never runs the dense product; a budget past MAX_TUNED_TOKENS is not tuned.
+    assert seen.get("counts") == want
 
 
 @requires_vllm
@@ -143,3 +147,15 @@ def test_tuned_algorithm_runs_and_misaligned_inputs_fall_back(monkeypatch):
     got = dense.dense_linear(shifted, packed.weight_t, None, packed.seg_ends)
     assert len(calls) == 1
     torch.testing.assert_close(got, shifted @ packed.weight_t[:, :256])
+
+
+def test_tuner_rotates_over_copies_that_exceed_l2(monkeypatch):
+    """Small weights get temporary copies up to ROTATE_BYTES; large ones none."""
+    monkeypatch.setattr(dense, "ROTATE_BYTES", 4096)
+    small = torch.randn(8, 16)  # 512 bytes: 8 tensors make 4096
+    copies = dense._copies(small)
+    assert len(copies) == 8 and copies[0] is small
+    assert all(torch.equal(c, small) and c.data_ptr() != small.data_ptr() for c in copies[1:])
+    big = torch.randn(64, 32)  # 8192 bytes
+    only = dense._copies(big)
+    assert len(only) == 1 and only[0] is big

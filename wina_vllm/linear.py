@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 _log = get_logger(__name__)
 
 
+MAX_TUNED_TOKENS = 16384  # gate_up of Llama-3-8B: a 0.9 GB output at this size
+
+
 class WinaLinearMethod(LinearMethodBase):
     """Gated linear for the projections of one fused vLLM linear."""
 
@@ -98,9 +101,11 @@ class WinaLinearMethod(LinearMethodBase):
             not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
         bias = getattr(layer, "bias", None) if passes_bias else None
         # Decode steps are padded to the CUDA-graph sizes; long prompts are prefilled in
-        # steps of the scheduler's full token budget.
-        counts = [m for m in cudagraph_token_counts() + [max_batched_tokens() or 0]
-                  if m > settings.max_sparse_batch]
+        # steps of the scheduler's full token budget (tuned up to MAX_TUNED_TOKENS: the
+        # tuner holds a few outputs of that size at once while the model loads).
+        budget = max_batched_tokens() or 0
+        counts = [m for m in cudagraph_token_counts() + [budget]
+                  if settings.max_sparse_batch < m <= MAX_TUNED_TOKENS]
         start = time.perf_counter()
         chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
         if chosen:
