@@ -71,6 +71,8 @@ ALGO = "algo"  # prefix of the cuBLASLt algorithm forms: algo<i> is the heuristi
 
 
 def _run(form: str, x, wt, bias, seg_ends) -> torch.Tensor:
+    """One form's product; an algorithm form runs only on 16-byte aligned, contiguous
+    inputs (what it was chosen for) and falls back to ``mm`` otherwise."""
     if form.startswith(ALGO):
         if x.is_contiguous() and x.data_ptr() % 16 == 0:  # the algorithms' alignment
             return kernels.lt_matmul(x, wt, seg_ends[-1], int(form[len(ALGO):]))

@@ -17,7 +17,6 @@ their own input shard (k/tp each); threshold mode is exactly shard-invariant.
 from __future__ import annotations
 
 import time
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,8 +28,8 @@ from wina_vllm.compat import (
     RowParallelLinear,
     all_reduce_sum,
     cudagraph_token_counts,
-    max_batched_tokens,
     get_logger,
+    max_batched_tokens,
     set_weight_attrs,
 )
 from wina_vllm.layers import TargetLinear
@@ -109,9 +108,10 @@ class WinaLinearMethod(LinearMethodBase):
         start = time.perf_counter()
         chosen = dense.tune(packed.weight_t, bias, packed.seg_ends, counts)
         if chosen:
-            _log.info("wina: dense product of %s (K=%d, N=%d) at %s tokens: %s (tuned in %.1f s)",
-                      self.target.name, packed.weight_t.shape[0], packed.n, sorted(chosen),
-                      [chosen[m] for m in sorted(chosen)], time.perf_counter() - start)
+            _log.info("wina: dense product of %s (K=%d, N=%d) at %s tokens: %s "
+                      "(tuned in %.1f s)", self.target.name, packed.weight_t.shape[0], packed.n,
+                      sorted(chosen), [chosen[m] for m in sorted(chosen)],
+                      time.perf_counter() - start)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
