@@ -32,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/precision_floor")
     add_window_args(ap)
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5, 0.65])
     args = ap.parse_args()
     model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
     text = eval_text()
@@ -40,7 +41,7 @@ def main() -> None:
         model, tok = load_hf_model(str(model_dir), dtype=dtype)
         wins = windows(tok, text, args.windows, args.window_tokens)
         rows.append({"name": "dense", "dtype": str(dtype), "ppl": reference_ppl(model, wins, None)})
-        for s in (0.25, 0.5, 0.65):
+        for s in args.sparsity:
             for c in ("teal", "wina"):
                 ppl = reference_ppl(model, wins, make_gates(model, c, s))
                 rows.append({"name": f"{c}-topk-{s}", "dtype": str(dtype), "ppl": ppl})
