@@ -79,6 +79,27 @@ def test_kernel_input_checks_accept_what_the_plugin_passes_and_name_what_is_wron
                 kernels.check_inputs(**{**args, key: bad}, require_cuda=False)
 
 
+def test_cublaslt_input_checks_name_what_is_wrong(monkeypatch):
+    """The cuBLASLt wrapper's Python checks, on CPU tensors (the device check is off)."""
+    from wina_vllm import kernels
+
+    x, wt = torch.randn(5, 64, dtype=torch.bfloat16), torch.randn(64, 48, dtype=torch.bfloat16)
+    kernels.check_lt_inputs(x, wt, 40, require_cuda=False)
+    for args, name in [((x.float(), wt, 40), "x"),
+                       ((x.t(), wt, 40), "x"),
+                       ((x, wt.half(), 40), "weight_t"),
+                       ((x, wt[:32], 40), "weight_t"),
+                       ((x, wt, 0), "n 0"),
+                       ((x, wt, 49), "n 49")]:
+        with pytest.raises(ValueError, match=f"lt_matmul: {name}"):
+            kernels.check_lt_inputs(*args, require_cuda=False)
+    # An algorithm index outside the problem's list, before anything reaches the extension.
+    monkeypatch.setattr(kernels, "lt_algos", lambda *a: 3)
+    for algo in (-1, 3):
+        with pytest.raises(ValueError, match=f"lt_matmul: algo {algo}; expected 0..2"):
+            kernels.lt_matmul(x, wt, 40, algo)
+
+
 def test_cuda_impl_gates_dtypes_the_kernel_lacks():
     """A float32 decode step on CUDA runs the gated torch path, as on the CPU, not dense
     (the fallback is plain torch, so it runs here on CPU tensors)."""

@@ -49,8 +49,8 @@ def load() -> None:
 MAX_TOKENS, MAX_SEGMENTS = 8, 4
 
 
-def _fail(name: str, got, want: str) -> ValueError:
-    return ValueError(f"wina sparse_gemv: {name} {got}; expected {want}")
+def _fail(name: str, got, want: str, op: str = "sparse_gemv") -> ValueError:
+    return ValueError(f"wina {op}: {name} {got}; expected {want}")
 
 
 def check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
@@ -112,13 +112,32 @@ def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_
                                         envs.programmatic_launch() if pdl is None else pdl)
 
 
+def check_lt_inputs(x, weight_t, n: int, require_cuda: bool = True) -> None:
+    """``lt_algos``/``lt_matmul``'s preconditions, raised as ValueError here (see
+    ``check_inputs`` for why not in the extension)."""
+    if (x.dim() != 2 or (require_cuda and not x.is_cuda) or x.dtype not in DTYPES
+            or not x.is_contiguous()):
+        raise _fail("x", f"{tuple(x.shape)} {x.dtype} on {x.device}",
+                    "contiguous [T, K] bf16/fp16 on CUDA", "lt_matmul")
+    if (weight_t.dim() != 2 or weight_t.dtype != x.dtype or weight_t.shape[0] != x.shape[1]
+            or not weight_t.is_contiguous() or weight_t.device != x.device):
+        raise _fail("weight_t", f"{tuple(weight_t.shape)} {weight_t.dtype}",
+                    f"contiguous [K={x.shape[1]}, ldw] {x.dtype} on x's device", "lt_matmul")
+    if not 0 < n <= weight_t.shape[1]:
+        raise _fail("n", n, f"1..{weight_t.shape[1]} (weight_t's row length)", "lt_matmul")
+
+
 def lt_algos(x: torch.Tensor, weight_t: torch.Tensor, n: int) -> int:
     """How many cuBLASLt algorithms the heuristic offers for ``x @ weight_t[:, :n]``."""
+    check_lt_inputs(x, weight_t, n)
     load()
     return torch.ops.wina_C.lt_algos(x, weight_t, n)
 
 
 def lt_matmul(x: torch.Tensor, weight_t: torch.Tensor, n: int, algo: int) -> torch.Tensor:
     """``x @ weight_t[:, :n]`` by the ``algo``-th of those algorithms (csrc/lt_matmul.cpp)."""
-    load()
+    count = lt_algos(x, weight_t, n)  # cached per problem in the extension
+    if not 0 <= algo < count:
+        raise _fail("algo", algo, f"0..{count - 1}, the algorithms listed for this problem",
+                    "lt_matmul")
     return torch.ops.wina_C.lt_matmul(x, weight_t, n, algo)

@@ -7,8 +7,9 @@
 // them at load and keeps the fastest. The list is cached per problem, so an index names
 // the same algorithm for the life of the process.
 //
-// Registers torch.ops.wina_C.{lt_algos, lt_matmul} (CUDA). Pointers must be 16-byte
-// aligned (the heuristic is asked for algorithms valid at that alignment); dense.py checks.
+// Registers torch.ops.wina_C.{lt_algos, lt_matmul} (CUDA); kernels.py checks their inputs
+// first. Pointers must be 16-byte aligned (the heuristic is asked for algorithms valid at
+// that alignment); dense.py checks.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -84,7 +85,8 @@ void check(const at::Tensor& x, const at::Tensor& weight_t, int64_t n) {
               "wina_C: lt_matmul takes bf16 or fp16, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 2 && weight_t.dim() == 2 && x.is_contiguous() && weight_t.is_contiguous() &&
                   weight_t.size(0) == x.size(1) && 0 < n && n <= weight_t.size(1),
-              "wina_C: lt_matmul needs contiguous x [T, K], weight_t [K, >= n]");
+              "wina_C: lt_matmul needs contiguous x [T, K], weight_t [K, >= n]; got x ",
+              x.sizes(), ", weight_t ", weight_t.sizes(), ", n ", n);
 }
 
 int64_t lt_algos(const at::Tensor& x, const at::Tensor& weight_t, int64_t n) {
