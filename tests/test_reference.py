@@ -13,21 +13,36 @@ from wina_vllm.text import stdlib_prose
 pytestmark = [requires_vllm, pytest.mark.engine]
 
 
+def _prompt(model_dir) -> tuple[torch.nn.Module, list[int]]:
+    """The tiny Llama (transformers) and 96 token ids of held-out prose."""
+    model, tok = load_hf_model(str(model_dir))
+    return model, tok(stdlib_prose(300_000)[-4000:], add_special_tokens=False).input_ids[:96]
+
+
+def _reference_logprobs(model, ids, gates) -> torch.Tensor:
+    """float64 log-probability of each prompt token after the first, with ``gates`` on."""
+    with torch.no_grad(), gated(model, gates):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def _vllm_logprobs(model_dir, ids, wina=None) -> tuple[torch.Tensor, dict]:
+    """The same from vLLM's prompt logprobs (``wina`` None: dense), and the engine's result."""
+    r = run_engine(model=str(model_dir), prompt_token_ids=[ids], max_tokens=1, wina=wina)
+    assert not r.get("error"), r.get("output")
+    return torch.tensor(r["prompt_logprobs"][0], dtype=torch.float64), r
+
+
 @pytest.mark.parametrize("criterion", ["wina", "teal"])
 def test_prompt_logprobs_match_the_reference(tiny_models, criterion):
-    model, tok = load_hf_model(str(tiny_models["llama"]))
-    ids = tok(stdlib_prose(300_000)[-4000:], add_special_tokens=False).input_ids[:96]
-    with torch.no_grad(), gated(model, make_gates(model, criterion, 0.5)):
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
-    ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-    r = run_engine(model=str(tiny_models["llama"]), prompt_token_ids=[ids], max_tokens=1,
-                   wina={"sparsity": 0.5, "criterion": criterion, "prefill": "sparse"})
-    assert not r.get("error"), r.get("output")
-    got = torch.tensor(r["prompt_logprobs"][0], dtype=torch.float64)
+    model, ids = _prompt(tiny_models["llama"])
+    ref = _reference_logprobs(model, ids, make_gates(model, criterion, 0.5))
+    got, _ = _vllm_logprobs(tiny_models["llama"], ids,
+                            {"sparsity": 0.5, "criterion": criterion, "prefill": "sparse"})
     # Both float32, same weights, same gate: only summation order differs.
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-3)
-    dense = run_engine(model=str(tiny_models["llama"]), prompt_token_ids=[ids], max_tokens=1)
-    assert (torch.tensor(dense["prompt_logprobs"][0], dtype=torch.float64) - ref).abs().max() > 1e-2
+    dense, _ = _vllm_logprobs(tiny_models["llama"], ids)
+    assert (dense - ref).abs().max() > 1e-2
 
 
 def test_topk_mode_takes_each_layers_k_from_a_greedy_calibration_file(tiny_models, tmp_path):
@@ -42,16 +57,11 @@ def test_topk_mode_takes_each_layers_k_from_a_greedy_calibration_file(tiny_model
               text=stdlib_prose(60_000), window=128, windows=4)
     cal = cf.load(path)
     assert cal.sparsity.std() > 0.05, "the test needs uneven per-layer sparsity"
-    model, tok = load_hf_model(str(tiny_models["llama"]))
-    ids = tok(stdlib_prose(300_000)[-4000:], add_special_tokens=False).input_ids[:96]
-    with torch.no_grad(), gated(model, make_gates(model, "wina", 0.0, cal, topk=True)):
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
-    ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-    r = run_engine(model=str(tiny_models["llama"]), prompt_token_ids=[ids], max_tokens=1,
-                   wina={"calibration": str(path), "prefill": "sparse"})
-    assert not r.get("error"), r.get("output")
-    torch.testing.assert_close(torch.tensor(r["prompt_logprobs"][0], dtype=torch.float64), ref,
-                               rtol=0, atol=2e-3)
+    model, ids = _prompt(tiny_models["llama"])
+    ref = _reference_logprobs(model, ids, make_gates(model, "wina", 0.0, cal, topk=True))
+    got, r = _vllm_logprobs(tiny_models["llama"], ids,
+                            {"calibration": str(path), "prefill": "sparse"})
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-3)
     k = model.config.hidden_size
     for name, per_proj in r["sparsity"].items():
         layer = int(name.split(".")[2])
