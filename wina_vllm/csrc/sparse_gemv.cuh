@@ -257,7 +257,8 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
       for (int j = 0; j < kInFlight; ++j) {
         const int c = c0 + j * kGroups;
         const float* at = src + c * chunk_stride + m * kTileN;
-        v[j] = c < p.chunks ? __ldcg(reinterpret_cast<const float4*>(at)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[j] = c < p.chunks ? __ldcg(reinterpret_cast<const float4*>(at))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
       for (int j = 0; j < kInFlight; ++j) {
