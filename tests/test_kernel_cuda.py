@@ -104,17 +104,28 @@ def test_kernel_mask_equals_cpu_reference(k, dtype):
             assert torch.equal(out.cpu(), torch.where(mask_cpu, x.cpu(), 0))
 
 
-def test_topk_thresholds_are_exact_kth_values():
+@pytest.mark.parametrize("pdl", [True, False])
+def test_topk_thresholds_are_exact_kth_values(pdl):
+    """Vector loads (K % 8 == 0, aligned, K <= 32768) and the scalar path (odd K, a
+    misaligned x, very large K), with and without programmatic launch."""
+    from wina_vllm import kernels
     torch.manual_seed(0)
-    for k in (576, 4096, 14336):
+    for k in (576, 4096, 4100, 14336, 28672, 40000):
         scale = torch.rand(3, k, device="cuda") + 0.1
         for m in TOKENS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            misaligned = torch.empty(m * k + 1, device="cuda", dtype=torch.bfloat16)[1:].view(m, k)
+            misaligned.copy_(x)
             keep = [k // 2, k // 4, 1]
-            from wina_vllm import kernels
-            got = kernels.topk_thresholds(x, scale, keep)
             want = gate.topk_thresholds(gate.scores(x, scale), keep)
-            assert torch.equal(got, want)
+            for xin in (x, misaligned):
+                got = kernels.topk_thresholds(xin, scale, keep, pdl)
+                assert torch.equal(got, want), f"k={k} m={m} aligned={xin is x}"
+        # Heavy ties: 5 distinct scores, so the selected bins hold thousands of equal keys.
+        ties = torch.randint(-2, 3, (2, k), device="cuda").to(torch.bfloat16)
+        ones = torch.ones(3, k, device="cuda")
+        got = kernels.topk_thresholds(ties, ones, keep, pdl)
+        assert torch.equal(got, gate.topk_thresholds(gate.scores(ties, ones), keep)), f"k={k}"
 
 
 @pytest.mark.parametrize("topk", [True, False])

@@ -92,10 +92,15 @@ def check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg
                     f"at least {workspace_size(seg_ends)} int32 counters")
 
 
-def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int]) -> torch.Tensor:
-    """[M, S] per-token k-th largest score per segment, computed on the device."""
+def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int],
+                    pdl: bool | None = None) -> torch.Tensor:
+    """[M, S] per-token k-th largest score per segment, computed on the device.
+
+    ``pdl``: programmatic dependent launch; None takes ``WINA_PDL`` (on by default).
+    """
     load()
-    return torch.ops.wina_C.topk_thresholds(x.contiguous(), col_scale, keep)
+    return torch.ops.wina_C.topk_thresholds(
+        x.contiguous(), col_scale, keep, envs.programmatic_launch() if pdl is None else pdl)
 
 
 def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep,
@@ -105,7 +110,7 @@ def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_
     ``pdl``: programmatic dependent launch; None takes ``WINA_PDL`` (on by default).
     """
     check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends)
-    thr = topk_thresholds(x, col_scale, keep) if topk else thresholds
+    thr = topk_thresholds(x, col_scale, keep, pdl) if topk else thresholds
     load()
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
                                         stats, workspace, seg_ends,

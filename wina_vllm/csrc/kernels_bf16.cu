@@ -19,5 +19,5 @@ template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 6>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 7>();
 template int sparse_gemv_blocks_per_sm<__nv_bfloat16, 8>();
 template void launch_topk_thresholds<__nv_bfloat16>(const void*, const float*, const SegmentKeep&, float*,
-                                          int, int, int, cudaStream_t);
+                                          int, int, int, bool, cudaStream_t);
 }  // namespace wina

@@ -48,6 +48,6 @@ struct SegmentKeep {
 
 template <typename T>
 void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep& keep, float* thr,
-                            int M, int K, int S, cudaStream_t stream);
+                            int M, int K, int S, bool pdl, cudaStream_t stream);
 
 }  // namespace wina

@@ -9,6 +9,12 @@
 // atomics rarely collide), then a block-wide scan from the top bin finds the digit.
 // thr[m, s] is that key, so the gate's ">= thr" keeps exactly k channels unless scores tie.
 //
+// Latency, which is all this kernel costs at decode: the scale (static weights) is loaded
+// before waiting for the previous kernel (programmatic dependent launch), x after, both
+// as 16-byte vectors issued before any is used (one round trip; K <= kMaxVecs * 8 *
+// kSelectThreads), and the sparse GEMV that consumes thr is let launch at once, so its
+// blocks are resident and waiting when this grid ends.
+//
 // Constraints: K * 4 bytes of shared memory (K <= 50k on sm_90). keep[s] <= 0 gives
 // +inf (keep nothing) and keep[s] >= K gives 0 (keep all).
 #pragma once
@@ -20,11 +26,13 @@ namespace wina {
 constexpr int kSelectThreads = 1024;
 constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kSelectBins = 2048;  // 2 bins per thread
+constexpr int kMaxVecs = 4;  // 16-byte vectors of x per thread: K <= 32768 in one round trip
 
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
 topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
-                       const SegmentKeep keep, float* __restrict__ thr, int K, int S) {
+                       const SegmentKeep keep, float* __restrict__ thr, int K, int S,
+                       bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
   __shared__ int hist[kSelectBins];
@@ -33,14 +41,50 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   __shared__ int s_remaining;
   const int m = blockIdx.x, s = blockIdx.y;
   const int k = keep.k[s];
+  allow_next_kernel_launch();
   if (k <= 0 || k >= K) {
+    wait_for_previous_kernel();  // thr may still be read by the previous kernel
     if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : 0.f;
     return;
   }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  for (int i = tid; i < K; i += kSelectThreads)
-    keys[i] = __float_as_uint(fabsf(Vec<T>::to_float(x[static_cast<size_t>(m) * K + i])) *
-                              scale[static_cast<size_t>(s) * K + i]);
+  const T* xm = x + static_cast<size_t>(m) * K;
+  const float* sc = scale + static_cast<size_t>(s) * K;
+  if (vec) {  // 8 channels per vector: x as one uint4, scale as two float4
+    const int n_vec = K / 8;
+    float4 s_lo[kMaxVecs], s_hi[kMaxVecs];
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v < n_vec) {
+        s_lo[j] = __ldg(reinterpret_cast<const float4*>(sc) + 2 * v);
+        s_hi[j] = __ldg(reinterpret_cast<const float4*>(sc) + 2 * v + 1);
+      }
+    }
+    wait_for_previous_kernel();
+    uint4 xv[kMaxVecs];
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v < n_vec) xv[j] = *(reinterpret_cast<const uint4*>(xm) + v);
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v >= n_vec) break;
+      const float2 a = Vec<T>::to_float2(xv[j].x), b = Vec<T>::to_float2(xv[j].y);
+      const float2 c = Vec<T>::to_float2(xv[j].z), d = Vec<T>::to_float2(xv[j].w);
+      uint4* dst = reinterpret_cast<uint4*>(keys) + 2 * v;
+      dst[0] = make_uint4(__float_as_uint(fabsf(a.x) * s_lo[j].x), __float_as_uint(fabsf(a.y) * s_lo[j].y),
+                          __float_as_uint(fabsf(b.x) * s_lo[j].z), __float_as_uint(fabsf(b.y) * s_lo[j].w));
+      dst[1] = make_uint4(__float_as_uint(fabsf(c.x) * s_hi[j].x), __float_as_uint(fabsf(c.y) * s_hi[j].y),
+                          __float_as_uint(fabsf(d.x) * s_hi[j].z), __float_as_uint(fabsf(d.y) * s_hi[j].w));
+    }
+  } else {
+    wait_for_previous_kernel();
+    for (int i = tid; i < K; i += kSelectThreads)
+      keys[i] = __float_as_uint(fabsf(Vec<T>::to_float(xm[i])) * sc[i]);
+  }
   if (tid == 0) { s_prefix = 0; s_remaining = k; }
 
   constexpr int kShift[3] = {20, 9, 0};
@@ -96,7 +140,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
 
 template <typename T>
 void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep& keep, float* thr,
-                            int M, int K, int S, cudaStream_t stream) {
+                            int M, int K, int S, bool pdl, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(K) * sizeof(uint32_t);
   static bool attr_set = false;
   if (!attr_set) {
@@ -109,8 +153,22 @@ void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep
                          max_optin - static_cast<int>(attr.sharedSizeBytes));
     attr_set = true;
   }
-  topk_thresholds_kernel<T><<<dim3(M, S), kSelectThreads, smem, stream>>>(
-      static_cast<const T*>(x), scale, keep, thr, K, S);
+  // Vector loads need 16-byte aligned rows of x and scale.
+  const bool vec = K % 8 == 0 && K <= kMaxVecs * 8 * kSelectThreads &&
+                   reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(scale) % 16 == 0;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(M, S);
+  cfg.blockDim = dim3(kSelectThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, topk_thresholds_kernel<T>, static_cast<const T*>(x), scale, keep, thr,
+                     K, S, vec);
 }
 
 }  // namespace wina

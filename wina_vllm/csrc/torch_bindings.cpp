@@ -32,7 +32,7 @@ void check_activations(const at::Tensor& x, const at::Tensor& scale) {
 }
 
 at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
-                           c10::IntArrayRef keep) {
+                           c10::IntArrayRef keep, bool pdl) {
   check_activations(x, scale);
   const int S = static_cast<int>(scale.size(0));
   WINA_CHECK(static_cast<int>(keep.size()) == S, "keep has ", keep.size(),
@@ -43,12 +43,13 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
   at::Tensor thr = at::empty({x.size(0), S}, x.options().dtype(at::kFloat));
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
   auto stream = at::cuda::getCurrentCUDAStream();
+  pdl = pdl && at::cuda::getCurrentDeviceProperties()->major >= 9;
   if (x.scalar_type() == at::kBFloat16)
     launch_topk_thresholds<__nv_bfloat16>(x.data_ptr(), scale.data_ptr<float>(), k,
-                                          thr.data_ptr<float>(), M, K, S, stream);
+                                          thr.data_ptr<float>(), M, K, S, pdl, stream);
   else
     launch_topk_thresholds<__half>(x.data_ptr(), scale.data_ptr<float>(), k,
-                                   thr.data_ptr<float>(), M, K, S, stream);
+                                   thr.data_ptr<float>(), M, K, S, pdl, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return thr;
 }
@@ -169,7 +170,7 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
 TORCH_LIBRARY(wina_C, m) {
   m.def("sparse_gemv(Tensor x, Tensor weight_t, Tensor? bias, Tensor scale, Tensor thresholds, "
         "bool per_token, Tensor(a!) stats, Tensor(b!) workspace, int[] seg_ends, bool pdl) -> Tensor");
-  m.def("topk_thresholds(Tensor x, Tensor scale, int[] keep) -> Tensor");
+  m.def("topk_thresholds(Tensor x, Tensor scale, int[] keep, bool pdl) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(wina_C, CUDA, m) {
