@@ -70,6 +70,23 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #endif
 }
 
+// Launch `kernel` on `stream`, with programmatic stream serialization when `pdl`.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, int threads, size_t smem, bool pdl,
+                   cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
+}
+
 template <typename T, int M>
 __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvParams p) {
   allow_next_kernel_launch();
@@ -298,17 +315,8 @@ void launch_sparse_gemv(const SparseGemvParams& p, bool pdl, cudaStream_t stream
   const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
   const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
   sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(p.tile_begin[p.num_segments], p.chunks);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  cudaLaunchKernelEx(&cfg, sparse_gemv_kernel<T, M>, p);
+  launch_kernel(sparse_gemv_kernel<T, M>, dim3(p.tile_begin[p.num_segments], p.chunks), kThreads,
+                smem, pdl, stream, p);
 }
 
 }  // namespace wina

@@ -157,18 +157,8 @@ void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep
   const bool vec = K % 8 == 0 && K <= kMaxVecs * 8 * kSelectThreads &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(scale) % 16 == 0;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(M, S);
-  cfg.blockDim = dim3(kSelectThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  cudaLaunchKernelEx(&cfg, topk_thresholds_kernel<T>, static_cast<const T*>(x), scale, keep, thr,
-                     K, S, vec);
+  launch_kernel(topk_thresholds_kernel<T>, dim3(M, S), kSelectThreads, smem, pdl, stream,
+                static_cast<const T*>(x), scale, keep, thr, K, S, vec);
 }
 
 }  // namespace wina
