@@ -74,11 +74,12 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
       if (v >= n_vec) break;
       const float2 a = Vec<T>::to_float2(xv[j].x), b = Vec<T>::to_float2(xv[j].y);
       const float2 c = Vec<T>::to_float2(xv[j].z), d = Vec<T>::to_float2(xv[j].w);
+      const auto key = [](float xv, float sv) { return __float_as_uint(fabsf(xv) * sv); };
       uint4* dst = reinterpret_cast<uint4*>(keys) + 2 * v;
-      dst[0] = make_uint4(__float_as_uint(fabsf(a.x) * s_lo[j].x), __float_as_uint(fabsf(a.y) * s_lo[j].y),
-                          __float_as_uint(fabsf(b.x) * s_lo[j].z), __float_as_uint(fabsf(b.y) * s_lo[j].w));
-      dst[1] = make_uint4(__float_as_uint(fabsf(c.x) * s_hi[j].x), __float_as_uint(fabsf(c.y) * s_hi[j].y),
-                          __float_as_uint(fabsf(d.x) * s_hi[j].z), __float_as_uint(fabsf(d.y) * s_hi[j].w));
+      dst[0] = make_uint4(key(a.x, s_lo[j].x), key(a.y, s_lo[j].y), key(b.x, s_lo[j].z),
+                          key(b.y, s_lo[j].w));
+      dst[1] = make_uint4(key(c.x, s_hi[j].x), key(c.y, s_hi[j].y), key(d.x, s_hi[j].z),
+                          key(d.y, s_hi[j].w));
     }
   } else {
     wait_for_previous_kernel();
