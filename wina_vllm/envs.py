@@ -26,9 +26,10 @@ def build_verbose() -> bool:
 
 @functools.cache
 def programmatic_launch() -> bool:
-    """WINA_PDL=0: launch the sparse kernel without programmatic dependent launch.
+    """WINA_PDL=0: launch the kernels without programmatic dependent launch.
 
-    On by default (sm_90 only): the kernel's launch overlaps the previous kernel's tail.
+    On by default (sm_90 only): a kernel's launch overlaps the previous kernel's tail
+    (the sparse GEMV's where its grid fills the GPU, the top-k select kernel's always).
     Read once per process; the switch exists for A/B measurements and as a way out if a
     driver mishandles it.
     """
