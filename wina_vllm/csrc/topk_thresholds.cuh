@@ -50,6 +50,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const T* xm = x + static_cast<size_t>(m) * K;
   const float* sc = scale + static_cast<size_t>(s) * K;
+  const auto key = [](float xv, float sv) { return __float_as_uint(fabsf(xv) * sv); };
   if (vec) {  // 8 channels per vector: x as one uint4, scale as two float4
     const int n_vec = K / 8;
     float4 s_lo[kMaxVecs], s_hi[kMaxVecs];
@@ -74,7 +75,6 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
       if (v >= n_vec) break;
       const float2 a = Vec<T>::to_float2(xv[j].x), b = Vec<T>::to_float2(xv[j].y);
       const float2 c = Vec<T>::to_float2(xv[j].z), d = Vec<T>::to_float2(xv[j].w);
-      const auto key = [](float xv, float sv) { return __float_as_uint(fabsf(xv) * sv); };
       uint4* dst = reinterpret_cast<uint4*>(keys) + 2 * v;
       dst[0] = make_uint4(key(a.x, s_lo[j].x), key(a.y, s_lo[j].y), key(b.x, s_lo[j].z),
                           key(b.y, s_lo[j].w));
@@ -84,7 +84,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   } else {
     wait_for_previous_kernel();
     for (int i = tid; i < K; i += kSelectThreads)
-      keys[i] = __float_as_uint(fabsf(Vec<T>::to_float(xm[i])) * sc[i]);
+      keys[i] = key(Vec<T>::to_float(xm[i]), sc[i]);
   }
   if (tid == 0) { s_prefix = 0; s_remaining = k; }
 
