@@ -128,6 +128,23 @@ def test_topk_thresholds_are_exact_kth_values(pdl):
         assert torch.equal(got, gate.topk_thresholds(gate.scores(ties, ones), keep)), f"k={k}"
 
 
+def test_topk_takes_the_largest_k_that_fits_and_names_one_beyond():
+    """The wrapper's shared-memory bound is the kernel's: exact at it, ValueError past it."""
+    from wina_vllm import kernels
+    optin = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    largest = (optin - kernels.SELECT_STATIC_SMEM) // 4
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(1, largest, device="cuda", dtype=dtype)
+        scale = torch.rand(1, largest, device="cuda")
+        got = kernels.topk_thresholds(x, scale, [largest // 3])
+        assert torch.equal(got, gate.topk_thresholds(gate.scores(x, scale), [largest // 3]))
+    x = torch.randn(1, largest + 8, device="cuda", dtype=torch.bfloat16)
+    scale = torch.rand(1, largest + 8, device="cuda")
+    beyond = f"topk_thresholds: K {largest + 8}; expected at most {largest} "
+    with pytest.raises(ValueError, match=beyond):
+        kernels.topk_thresholds(x, scale, [100])
+
+
 @pytest.mark.parametrize("topk", [True, False])
 def test_cuda_graph_replay(topk):
     torch.manual_seed(1)

@@ -79,6 +79,20 @@ def test_kernel_input_checks_accept_what_the_plugin_passes_and_name_what_is_wron
                 kernels.check_inputs(**{**args, key: bad}, require_cuda=False)
 
 
+def test_topk_input_checks_name_what_is_wrong():
+    """The select kernel's wrapper: its activations and its kept counts, before any launch."""
+    from wina_vllm import kernels
+
+    x, scale = torch.randn(2, 64, dtype=torch.bfloat16), torch.rand(3, 64)
+    with pytest.raises(ValueError, match="wina topk_thresholds: x"):
+        kernels.topk_thresholds(x, scale, [32, 16, 1])  # a CPU tensor: the kernel is CUDA's
+    assert kernels.check_activations(x, scale, require_cuda=False) == (2, 64, 3)
+    kernels.check_keep([32, 16, 1], 3, 64, x.device, require_cuda=False)
+    for keep in ([32, 16], [32, 16, 1, 1], [32, 16.0, 1]):
+        with pytest.raises(ValueError, match=r"wina topk_thresholds: keep \["):
+            kernels.check_keep(keep, 3, 64, x.device, require_cuda=False)
+
+
 def test_cublaslt_input_checks_name_what_is_wrong(monkeypatch):
     """The cuBLASLt wrapper's Python checks, on CPU tensors (the device check is off)."""
     from wina_vllm import kernels

@@ -47,10 +47,41 @@ def load() -> None:
 
 
 MAX_TOKENS, MAX_SEGMENTS = 8, 4
+SELECT_STATIC_SMEM = 8336  # bytes of static shared memory in the select kernel (ptxas, sm_90)
 
 
 def _fail(name: str, got, want: str, op: str = "sparse_gemv") -> ValueError:
     return ValueError(f"wina {op}: {name} {got}; expected {want}")
+
+
+def check_activations(x, col_scale, require_cuda: bool = True,
+                      op: str = "sparse_gemv") -> tuple[int, int, int]:
+    """x [M, K] and col_scale [S, K], as both kernels take them; returns (M, K, S)."""
+    m, k = x.shape if x.dim() == 2 else (None, None)
+    if m is None or (require_cuda and not x.is_cuda) or x.dtype not in DTYPES:
+        raise _fail("x", f"{tuple(x.shape)} {x.dtype} on {x.device}", "[M, K] bf16/fp16 on CUDA",
+                    op)
+    if not 1 <= m <= MAX_TOKENS:
+        raise _fail("token count", m, f"1..{MAX_TOKENS}", op)
+    s = col_scale.shape[0] if col_scale.dim() == 2 else 0
+    if (col_scale.dtype != torch.float32 or col_scale.dim() != 2 or col_scale.shape[1] != k
+            or not 1 <= s <= MAX_SEGMENTS or col_scale.device != x.device):
+        raise _fail("col_scale", f"{tuple(col_scale.shape)} {col_scale.dtype}",
+                    f"[S <= {MAX_SEGMENTS}, K={k}] float32 on x's device", op)
+    return m, k, s
+
+
+def check_keep(keep, s: int, k: int, device, require_cuda: bool = True) -> None:
+    """Top-k mode's own preconditions: one kept count per segment, and room for K scores
+    in the select kernel's shared memory."""
+    if len(keep) != s or not all(isinstance(v, int) for v in keep):
+        raise _fail("keep", list(keep), f"{s} ints (channels kept per segment)",
+                    "topk_thresholds")
+    props = torch.cuda.get_device_properties(device) if require_cuda else None
+    optin = getattr(props, "shared_memory_per_block_optin", 0)
+    if optin and 4 * k > optin - SELECT_STATIC_SMEM:
+        raise _fail("K", k, f"at most {(optin - SELECT_STATIC_SMEM) // 4} on this GPU (the select "
+                    "kernel holds K scores in shared memory)", "topk_thresholds")
 
 
 def check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends,
@@ -61,16 +92,7 @@ def check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg
     on the H200 box, 2026-11-29; see benchmarks/RESULTS.md.) Costs microseconds, and only
     in eager calls: CUDA graphs replay the kernel without running this.
     """
-    m, k = x.shape if x.dim() == 2 else (None, None)
-    if m is None or (require_cuda and not x.is_cuda) or x.dtype not in DTYPES:
-        raise _fail("x", f"{tuple(x.shape)} {x.dtype} on {x.device}", "[M, K] bf16/fp16 on CUDA")
-    if not 1 <= m <= MAX_TOKENS:
-        raise _fail("token count", m, f"1..{MAX_TOKENS}")
-    s = col_scale.shape[0] if col_scale.dim() == 2 else 0
-    if (col_scale.dtype != torch.float32 or col_scale.dim() != 2 or col_scale.shape[1] != k
-            or not 1 <= s <= MAX_SEGMENTS or col_scale.device != x.device):
-        raise _fail("col_scale", f"{tuple(col_scale.shape)} {col_scale.dtype}",
-                    f"[S <= {MAX_SEGMENTS}, K={k}] float32 on x's device")
+    _, k, s = check_activations(x, col_scale, require_cuda)
     if (weight_t.dtype != x.dtype or weight_t.dim() != 2 or weight_t.shape[0] != k
             or weight_t.shape[1] % 8 or not weight_t.is_contiguous() or weight_t.device != x.device):
         raise _fail("weight_t", f"{tuple(weight_t.shape)} {weight_t.dtype}",
@@ -98,6 +120,13 @@ def topk_thresholds(x: torch.Tensor, col_scale: torch.Tensor, keep: list[int],
 
     ``pdl``: programmatic dependent launch; None takes ``WINA_PDL`` (on by default).
     """
+    _, k, segments = check_activations(x, col_scale, op="topk_thresholds")
+    check_keep(keep, segments, k, x.device)
+    return _select(x, col_scale, keep, pdl)
+
+
+def _select(x, col_scale, keep, pdl: bool | None) -> torch.Tensor:
+    """The select kernel, on checked inputs."""
     load()
     return torch.ops.wina_C.topk_thresholds(
         x.contiguous(), col_scale, keep, envs.programmatic_launch() if pdl is None else pdl)
@@ -110,7 +139,9 @@ def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_
     ``pdl``: programmatic dependent launch; None takes ``WINA_PDL`` (on by default).
     """
     check_inputs(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends)
-    thr = topk_thresholds(x, col_scale, keep, pdl) if topk else thresholds
+    if topk:
+        check_keep(keep, col_scale.shape[0], x.shape[1], x.device)
+    thr = _select(x, col_scale, keep, pdl) if topk else thresholds
     load()
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
                                         stats, workspace, seg_ends,
