@@ -15,8 +15,8 @@
 // kSelectThreads), and the sparse GEMV that consumes thr is let launch at once, so its
 // blocks are resident and waiting when this grid ends.
 //
-// Constraints: K * 4 bytes of shared memory (K <= 56028 on the H200; kernels.check_keep
-// raises ValueError beyond the GPU's bound). keep[s] <= 0 gives
+// Constraints: K * 4 bytes of shared memory (kernels.check_keep raises ValueError beyond
+// the GPU's opt-in bound). keep[s] <= 0 gives
 // +inf (keep nothing) and keep[s] >= K gives 0 (keep all).
 #pragma once
 
