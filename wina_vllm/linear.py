@@ -8,7 +8,8 @@ input-major transpose ``[K, ldw]`` (``ldw`` = N rounded up to 8). ``apply`` only
 calls ``torch.ops.wina.sparse_linear``; the op decides dense or sparse.
 
 Constraints: column norms are all-reduced over TP for column-parallel layers
-(qkv, gate_up); row-parallel layers (o, down) hold whole columns.
+(qkv, gate_up); row-parallel layers (o, down) hold whole columns, and their
+signature (mean column norm) is summed over TP to match the whole matrix's.
 
 Limitations: in top-k mode under TP > 1, row-parallel layers pick the top-k of
 their own input shard (k/tp each); threshold mode is exactly shard-invariant.
@@ -44,6 +45,17 @@ _log = get_logger(__name__)
 MAX_TUNED_TOKENS = 16384  # gate_up of Llama-3-8B: a 0.9 GB output at this size
 
 
+def mean_column_norms(norms: torch.Tensor, row_parallel: bool) -> torch.Tensor:
+    """[S] mean column norm of each projection's whole matrix (a calibration file's weight
+    signature) from this rank's [S, K] norms: under TP a row-parallel layer holds a slice of
+    the columns, so its sums and counts are added over the group."""
+    if not row_parallel:
+        return norms.mean(dim=1)
+    totals = all_reduce_sum(torch.stack([norms.sum(dim=1),
+                                         torch.full_like(norms[:, 0], norms.shape[1])], dim=1))
+    return totals[:, 0] / totals[:, 1]
+
+
 class WinaLinearMethod(LinearMethodBase):
     """Gated linear for the projections of one fused vLLM linear."""
 
@@ -70,10 +82,11 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_segment_sizes = list(output_partition_sizes)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        reduce = (lambda t: t) if isinstance(layer, RowParallelLinear) else all_reduce_sum
+        row_parallel = isinstance(layer, RowParallelLinear)
         packed = pack_linear(layer.weight.data, layer.wina_segment_sizes,
-                             self.config.settings.criterion, reduce)
-        self.config.check_signature(self.target, packed.norms)
+                             self.config.settings.criterion,
+                             (lambda t: t) if row_parallel else all_reduce_sum)
+        self.config.check_signature(self.target, mean_column_norms(packed.norms, row_parallel))
         k = packed.weight_t.shape[0]
         layer.weight = torch.nn.Parameter(packed.weight_t, requires_grad=False)
         layer.register_buffer("wina_scale", packed.scale, persistent=False)
