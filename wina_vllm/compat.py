@@ -12,7 +12,7 @@ from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
 from vllm.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
-    tensor_model_parallel_all_reduce,
+    get_tp_group,
 )
 from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import (
@@ -57,8 +57,17 @@ def tp_rank() -> int:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the tensor-parallel group (identity when TP is 1)."""
-    return t if tp_world_size() == 1 else tensor_model_parallel_all_reduce(t)
+    """Sum over the tensor-parallel group (identity when TP is 1), in ``t``'s dtype.
+
+    Through the group's torch.distributed handle (NCCL on GPUs, gloo on CPUs), not
+    vLLM's ``tensor_model_parallel_all_reduce``: on GPUs that takes vLLM's custom
+    all-reduce, which refuses the float64 of the column norms' squares (H200, vLLM 0.26).
+    """
+    if tp_world_size() == 1:
+        return t
+    out = t.clone()
+    torch.distributed.all_reduce(out, group=get_tp_group().device_group)
+    return out
 
 
 def cudagraph_token_counts() -> list[int]:
