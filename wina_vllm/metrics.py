@@ -1,7 +1,8 @@
 """Realized sparsity, read from the counters the op keeps in every gated linear.
 
 ``stats[s] = (kept, seen)`` counts input channels of projection ``s`` over all sparse
-calls (dense steps are not counted). Two readers: :func:`realized_sparsity` on demand
+calls (dense steps are not counted; the engine's own start-up runs of 1 and 2 tokens, on
+placeholder inputs, are). Two readers: :func:`realized_sparsity` on demand
 (``LLM.apply_model``), and, with the ``metrics_port`` setting, a Prometheus endpoint in
 each worker (:func:`serve`), since the counters live in the worker, not in the API server
 that serves vLLM's own ``/metrics``. Neither runs in the decode loop.
