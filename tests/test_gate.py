@@ -47,6 +47,26 @@ def test_kept_set_is_brute_force_topk(seed, criterion):
     assert mask.sum(-1).tolist() == [keep] * 5
 
 
+def test_wina_k_gate_uses_column_norms_on_k_and_gate_only():
+    """The WINA authors' released code: k's norms gate the attention input, gate's the MLP
+    input; q, v, o, up and down score by |x| as TEAL does."""
+    torch.manual_seed(0)
+    k = 64
+    qkv = torch.randn(3 * 32, k) * torch.linspace(0.1, 3, k)
+    packed = pack_linear(qkv, [32, 32, 32], "wina-k-gate", projections=("q", "k", "v"))
+    norms = pack_linear(qkv, [32, 32, 32], "wina").scale
+    torch.testing.assert_close(packed.scale[1], norms[1])
+    assert torch.equal(packed.scale[0], torch.ones(k)) and torch.equal(packed.scale[2],
+                                                                      torch.ones(k))
+    gate_up = pack_linear(qkv[:64], [32, 32], "wina-k-gate", projections=("gate", "up"))
+    assert not torch.equal(gate_up.scale[0], torch.ones(k))
+    assert torch.equal(gate_up.scale[1], torch.ones(k))
+    down = pack_linear(qkv[:32], [32], "wina-k-gate", projections=("down",))
+    assert torch.equal(down.scale, torch.ones(1, k))
+    with pytest.raises(ValueError, match="name the projection"):
+        pack_linear(qkv, [32, 32, 32], "wina-k-gate")
+
+
 def test_wina_and_teal_differ_when_column_norms_vary():
     torch.manual_seed(0)
     k = 128

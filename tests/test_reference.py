@@ -33,7 +33,7 @@ def _vllm_logprobs(model_dir, ids, wina=None) -> tuple[torch.Tensor, dict]:
     return torch.tensor(r["prompt_logprobs"][0], dtype=torch.float64), r
 
 
-@pytest.mark.parametrize("criterion", ["wina", "teal"])
+@pytest.mark.parametrize("criterion", ["wina", "wina-k-gate", "teal"])
 def test_prompt_logprobs_match_the_reference(tiny_models, criterion):
     model, ids = _prompt(tiny_models["llama"])
     ref = _reference_logprobs(model, ids, make_gates(model, criterion, 0.5))

@@ -7,6 +7,17 @@ import pytest
 from wina_vllm.settings import PROJECTIONS, parse_settings
 
 
+def test_criteria_and_the_projections_they_scale():
+    from wina_vllm.settings import uses_norms
+
+    assert parse_settings({"criterion": "wina-k-gate"}).criterion == "wina-k-gate"
+    assert [p for p in PROJECTIONS if uses_norms("wina-k-gate", p)] == ["k", "gate"]
+    assert all(uses_norms("wina", p) for p in PROJECTIONS)
+    assert not any(uses_norms("teal", p) for p in PROJECTIONS)
+    with pytest.raises(ValueError, match=r"accepted: \['wina', 'wina-k-gate', 'teal'\]"):
+        uses_norms("l2", "q")
+
+
 def test_defaults():
     s = parse_settings(None)
     assert s.criterion == "wina" and s.mode == "topk" and s.prefill == "dense"

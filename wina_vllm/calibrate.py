@@ -18,7 +18,7 @@ import torch
 
 from wina_vllm import calibration_file as cf
 from wina_vllm import greedy
-from wina_vllm.settings import PROJECTIONS
+from wina_vllm.settings import PROJECTIONS, uses_norms
 
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
@@ -35,9 +35,10 @@ class ProjectionSamples:
     weight: torch.Tensor  # [N, K] (a reference, not a copy)
     scores: list[torch.Tensor] = field(default_factory=list)
 
-    def add(self, x: torch.Tensor, criterion: str, generator: torch.Generator) -> None:
+    def add(self, x: torch.Tensor, normed: bool, generator: torch.Generator) -> None:
+        """Keep a sample of the scores of ``x``: ``|x| * norms`` when ``normed``, else ``|x|``."""
         x = x.reshape(-1, x.shape[-1]).float()
-        scale = self.norms if criterion == "wina" else torch.ones_like(self.norms)
+        scale = self.norms if normed else torch.ones_like(self.norms)
         score = (x.abs() * scale.to(x.device)).flatten()
         take = min(score.numel(), SCORE_SAMPLES // 8)
         idx = torch.randint(score.numel(), (take,), generator=generator).to(score.device)
@@ -89,7 +90,8 @@ def collect_hf(model: torch.nn.Module, texts: list[torch.Tensor], criterion: str
             w = module.weight.detach()
             entry[p] = ProjectionSamples(norms=w.float().norm(dim=0).cpu(), weight=w)
             handles.append(module.register_forward_pre_hook(
-                lambda mod, args, s=entry[p]: s.add(args[0].detach(), criterion, gen)))
+                lambda mod, args, s=entry[p], n=uses_norms(criterion, p):
+                s.add(args[0].detach(), n, gen)))
         layers.append(entry)
     try:
         with torch.no_grad():
@@ -220,7 +222,7 @@ def _tables_from_inputs(model: torch.nn.Module, criteria: list[str],
             norm_mean[target.layer_index, col] = float(norms[j].mean())
             qs = torch.tensor(sparsities, dtype=torch.float32, device=x.device)
             for c in criteria:
-                score = (x.abs() * norms[j]) if c == "wina" else x.abs()
+                score = (x.abs() * norms[j]) if uses_norms(c, p) else x.abs()
                 flat = score.flatten().float()
                 if flat.numel() > SCORE_SAMPLES * 8:
                     flat = flat[torch.randint(flat.numel(), (SCORE_SAMPLES * 8,),

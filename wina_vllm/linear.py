@@ -85,7 +85,8 @@ class WinaLinearMethod(LinearMethodBase):
         row_parallel = isinstance(layer, RowParallelLinear)
         packed = pack_linear(layer.weight.data, layer.wina_segment_sizes,
                              self.config.settings.criterion,
-                             (lambda t: t) if row_parallel else all_reduce_sum)
+                             (lambda t: t) if row_parallel else all_reduce_sum,
+                             self.target.projections)
         self.config.check_signature(self.target, mean_column_norms(packed.norms, row_parallel))
         k = packed.weight_t.shape[0]
         layer.weight = torch.nn.Parameter(packed.weight_t, requires_grad=False)

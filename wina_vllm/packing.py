@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from wina_vllm import gate, ops
+from wina_vllm.settings import uses_norms
 
 
 @dataclass
@@ -37,10 +38,17 @@ def transpose_padded(weight: torch.Tensor) -> torch.Tensor:
 
 
 def pack_linear(weight: torch.Tensor, segment_sizes: Sequence[int], criterion: str,
-                reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> PackedLinear:
-    """Pack ``weight`` ([N, K], rows are outputs; it may be freed afterwards)."""
+                reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                projections: Sequence[str] | None = None) -> PackedLinear:
+    """Pack ``weight`` ([N, K], rows are outputs; it may be freed afterwards).
+
+    ``projections`` names the segments (e.g. q, k, v); a criterion that uses column norms
+    on some projections only ("wina-k-gate") needs them.
+    """
     norms = gate.column_scales(weight, segment_sizes, "wina", reduce_sum)
-    scale = norms if criterion == "wina" else torch.ones_like(norms)
+    names = projections if projections is not None else [None] * len(norms)
+    scale = torch.stack([n if uses_norms(criterion, p) else torch.ones_like(n)
+                         for n, p in zip(norms, names)])
     seg_ends = torch.tensor(list(segment_sizes)).cumsum(0).tolist()
     device = weight.device
     return PackedLinear(

@@ -10,17 +10,17 @@ from __future__ import annotations
 import torch
 
 from wina_vllm.calibrate import HF_MODULES
-from wina_vllm.settings import PROJECTIONS
+from wina_vllm.settings import PROJECTIONS, uses_norms
 
 
 class ReferenceGate:
     """Zero the dropped input channels of one projection (top-k per token, or threshold)."""
 
-    def __init__(self, weight: torch.Tensor, criterion: str, sparsity: float,
+    def __init__(self, weight: torch.Tensor, criterion: str, projection: str, sparsity: float,
                  threshold: float | None):
         k = weight.shape[1]
-        self.scale = weight.detach().double().norm(dim=0).float() if criterion == "wina" \
-            else torch.ones(k)
+        self.scale = weight.detach().double().norm(dim=0).float() \
+            if uses_norms(criterion, projection) else torch.ones(k)
         self.keep = min(k, max(0, round((1.0 - sparsity) * k)))
         self.threshold = threshold
 
@@ -49,7 +49,7 @@ def make_gates(model, criterion: str, sparsity: float, calibration=None,
         row = {}
         for j, (p, path) in enumerate((p, HF_MODULES[p]) for p in PROJECTIONS):
             row[p] = ReferenceGate(
-                layer.get_submodule(path).weight, criterion,
+                layer.get_submodule(path).weight, criterion, p,
                 float(calibration.sparsity[i, j]) if calibration else sparsity,
                 float(calibration.thresholds[i, j]) if calibration and not topk else None)
         gates.append(row)

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 PROJECTIONS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-CRITERIA: tuple[str, ...] = ("wina", "teal")
+# Which projections score by |x_i| * ||W[:, i]|| (the rest by |x_i|, as TEAL does):
+# "wina" every one (the paper's formula); "wina-k-gate" only k and gate, as the WINA
+# authors' released code (k's norms gate the attention input, gate's the MLP input);
+# "teal" none.
+NORMED_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "wina": PROJECTIONS, "wina-k-gate": ("k", "gate"), "teal": ()}
+CRITERIA: tuple[str, ...] = tuple(NORMED_PROJECTIONS)
 MODES: tuple[str, ...] = ("topk", "threshold")
 PREFILL: tuple[str, ...] = ("dense", "sparse")
 DEFAULT_MAX_SPARSE_BATCH = 2  # kernel crossover on the H200 (benchmarks/RESULTS.md)
@@ -34,6 +40,18 @@ class WinaSettings:
 
     def sparsity_of(self, projection: str) -> float:
         return self.sparsity[projection]
+
+
+def uses_norms(criterion: str, projection: str | None) -> bool:
+    """Whether ``criterion`` scales ``projection``'s scores by its weight's column norms
+    (``projection`` None: a criterion that treats every projection alike)."""
+    if criterion not in NORMED_PROJECTIONS:
+        raise ValueError(f"criterion: got {criterion!r}; accepted: {list(CRITERIA)}")
+    normed = NORMED_PROJECTIONS[criterion]
+    if projection is None and normed not in (PROJECTIONS, ()):
+        raise ValueError(f"criterion {criterion!r} uses column norms on {list(normed)} only: "
+                         "name the projection")
+    return projection is None and normed == PROJECTIONS or projection in normed
 
 
 _KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
