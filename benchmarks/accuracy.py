@@ -32,7 +32,7 @@ from wina_vllm.reference import gated, make_gates  # noqa: E402
 
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 SPARSITIES = [0.25, 0.4, 0.5, 0.65]
-CRITERIA = ["teal", "wina"]
+CRITERIA = ["teal", "wina", "wina-k-gate"]
 
 
 def eval_text() -> str:
@@ -152,13 +152,19 @@ def write_report(rows: list[dict], out: Path) -> None:
                      f"{r['reference_ppl'] / dense:.3f}x | " +
                      (f"{v:.3f} | {v / r['reference_ppl']:.4f} |" if v else "- | - |"))
     lines += ["", "WINA vs TEAL (reference perplexity, same mode and sparsity):", "",
-              "| mode | sparsity | TEAL | WINA | WINA <= TEAL |", "|---|---|---|---|---|"]
+              "| mode | sparsity | TEAL | WINA | <= TEAL | WINA k/gate | <= TEAL |",
+              "|---|---|---|---|---|---|---|"]
     ppl = {r["name"]: r["reference_ppl"] for r in rows}
     for mode in MODES:
         for s in SPARSITIES:
-            t, w = ppl.get(f"teal-{mode}-{s}"), ppl.get(f"wina-{mode}-{s}")
-            if t is not None and w is not None:
-                lines.append(f"| {mode} | {s} | {t:.3f} | {w:.3f} | {'yes' if w <= t else 'no'} |")
+            t = ppl.get(f"teal-{mode}-{s}")
+            if t is None:
+                continue
+            cells = []
+            for c in CRITERIA[1:]:
+                w = ppl.get(f"{c}-{mode}-{s}")
+                cells += ["-", "-"] if w is None else [f"{w:.3f}", "yes" if w <= t else "no"]
+            lines.append(f"| {mode} | {s} | {t:.3f} | " + " | ".join(cells) + " |")
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
