@@ -51,5 +51,7 @@ def run_engine(**request) -> dict:
         return {"error": True, "returncode": proc.returncode,
                 "output": proc.stdout[-4000:] + proc.stderr[-8000:]}
     result = json.loads(lines[-1][len(marker):])
-    result["log"] = proc.stderr[-20000:] + proc.stdout[-4000:]
+    # vLLM logs to stdout; the result line (long) is left out so the log lines fit.
+    log = "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith(marker))
+    result["log"] = proc.stderr[-20000:] + log[-20000:]
     return result

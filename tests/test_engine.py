@@ -84,6 +84,7 @@ def test_methods_are_chosen_per_layer(tiny_models):
     s = r["sparsity"]["model.layers.0.self_attn.qkv_proj"]
     assert abs(s["q"] - 0.5) <= 0.01 and s["k"] == 0.0 and s["v"] == 0.0
     assert "wina: 3 linears gated in 1 decoder layers" in r["log"]
+    assert "criterion=wina-k-gate," in r["log"]  # the default without a calibration file
 
 
 def test_sparse_prefill_gates_every_token(tiny_models):
@@ -101,6 +102,11 @@ def test_threshold_mode_with_a_calibration_file(tiny_models, tmp_path):
                        wina={"mode": "threshold", "calibration": str(path), **SPARSE_STEPS}))
     values = [s for p in r["sparsity"].values() for s in p.values()]
     assert len(values) == 14 and all(0.3 <= s <= 0.7 for s in values), values
+    assert "criterion=wina," in r["log"]  # criterion unset: the file's
+    r = run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=1,
+                   wina={"mode": "threshold", "calibration": str(path), "criterion": "teal"})
+    assert r.get("error") and "calibrated for criterion 'wina' but the settings ask for " \
+        "'teal'" in r["output"]
     # A file made for another model's weights is refused at start-up, with the reason.
     bad = _ok(run_engine(model=str(tiny_models["qwen2"]), prompts=PROMPTS[:1], max_tokens=1))
     assert bad  # the qwen2 model itself runs

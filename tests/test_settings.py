@@ -20,7 +20,7 @@ def test_criteria_and_the_projections_they_scale():
 
 def test_defaults():
     s = parse_settings(None)
-    assert s.criterion == "wina" and s.mode == "topk" and s.prefill == "dense"
+    assert s.criterion is None and s.mode == "topk" and s.prefill == "dense"  # resolved at load
     assert s.max_sparse_batch == 2 and s.skip_layers == () and s.metrics_port is None
     assert all(s.sparsity_of(p) == 0.5 for p in PROJECTIONS)
 

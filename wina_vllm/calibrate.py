@@ -18,7 +18,7 @@ import torch
 
 from wina_vllm import calibration_file as cf
 from wina_vllm import greedy
-from wina_vllm.settings import PROJECTIONS, uses_norms
+from wina_vllm.settings import DEFAULT_CRITERION, PROJECTIONS, uses_norms
 
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
@@ -123,7 +123,7 @@ def token_windows(tok, text: str, window: int, count: int) -> list[torch.Tensor]
 
 
 def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float],
-                   criterion: str = "wina", greedy_options: tuple[bool, ...] = (False,),
+                   criterion: str = DEFAULT_CRITERION, greedy_options: tuple[bool, ...] = (False,),
                    text: str | None = None, gguf_file: str | None = None, window: int = 512,
                    windows: int = 16, device: str = "cpu") -> dict[tuple[float, bool], Path]:
     """One calibration pass, files for several sparsities: ``<criterion>-<s>[-greedy].safetensors``."""
@@ -161,7 +161,7 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
     return written
 
 
-def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = "wina",
+def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = DEFAULT_CRITERION,
               greedy: bool = False, text: str | None = None, gguf_file: str | None = None,
               window: int = 512, windows: int = 16, device: str = "cpu") -> cf.Calibration:
     """Calibrate a transformers checkpoint and write one calibration file to ``out``."""

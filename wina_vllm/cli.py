@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from wina_vllm.settings import CRITERIA
+from wina_vllm.settings import CRITERIA, DEFAULT_CRITERION
 
 DEFAULT_HOME = Path.home() / ".cache" / "wina-vllm"
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model", help="transformers checkpoint directory")
     p.add_argument("--out", required=True)
     p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--criterion", choices=list(CRITERIA), default="wina")
+    p.add_argument("--criterion", choices=list(CRITERIA), default=DEFAULT_CRITERION)
     p.add_argument("--greedy", action="store_true", help="allocate sparsity per projection")
     p.add_argument("--text", help="calibration text file (default: generated stdlib prose)")
     p.add_argument("--gguf", help="GGUF file name inside MODEL")

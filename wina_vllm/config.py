@@ -7,13 +7,14 @@ settings come from ``additional_config["wina"]``, read once, inside the worker.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from wina_vllm import calibration_file, compat, metrics
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
-from wina_vllm.settings import PROJECTIONS, WinaSettings, parse_settings
+from wina_vllm.settings import DEFAULT_CRITERION, PROJECTIONS, WinaSettings, parse_settings
 
 logger = compat.get_logger(__name__)
 
@@ -86,12 +87,15 @@ class WinaConfig(compat.QuantizationConfig):
             settings = load_settings()
             self._hf_config = compat.get_current_vllm_config().model_config.hf_config
             check_architecture(getattr(self._hf_config, "architectures", None))
+            criterion = settings.criterion
             if settings.calibration is not None:
                 cal = calibration_file.load(settings.calibration)
-                calibration_file.check_model(cal, self._hf_config, settings.criterion,
+                criterion = criterion or cal.criterion  # unset: the file's
+                calibration_file.check_model(cal, self._hf_config, criterion,
                                              settings.calibration)
                 self._calibration = cal
-            self._settings = settings
+            self._settings = dataclasses.replace(settings,
+                                                 criterion=criterion or DEFAULT_CRITERION)
         return self._settings
 
     def sparsity(self, target: TargetLinear, projection: str) -> float:
