@@ -82,7 +82,7 @@ def test_chat_completions_streaming(server):
     url, _ = server
     with requests.post(url + "/v1/chat/completions", json={
             "model": "tiny", "messages": [{"role": "user", "content": "Hello"}],
-            "max_tokens": 6, "temperature": 0, "stream": True,
+            "max_tokens": 6, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}, stream=True, timeout=60) as r:
         assert r.status_code == 200
         events = [json.loads(line[6:]) for line in r.iter_lines(decode_unicode=True)
