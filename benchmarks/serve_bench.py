@@ -158,7 +158,7 @@ def main() -> None:
             print(f"{v.name} FAILED: {str(exc)[-3000:]}", flush=True)
             continue
         r["wall_s"] = time.time() - t
-        r["engine"] = engine  # the vLLM arguments (TP size, compilation), so the file says
+        r["engine"] = engine  # the vLLM arguments (TP size, compilation), kept in the file
         results.append(r)
         print(f"{v.name}: " + ", ".join(f"b{s['batch']} {s['decode_tok_s']:.0f} tok/s"
                                        for s in r["speed"])

@@ -51,10 +51,12 @@ def uses_norms(criterion: str, projection: str | None) -> bool:
     if criterion not in NORMED_PROJECTIONS:
         raise ValueError(f"criterion: got {criterion!r}; accepted: {list(CRITERIA)}")
     normed = NORMED_PROJECTIONS[criterion]
-    if projection is None and normed not in (PROJECTIONS, ()):
+    if projection is not None:
+        return projection in normed
+    if normed not in (PROJECTIONS, ()):
         raise ValueError(f"criterion {criterion!r} uses column norms on {list(normed)} only: "
                          "name the projection")
-    return projection is None and normed == PROJECTIONS or projection in normed
+    return normed == PROJECTIONS
 
 
 _KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
