@@ -18,7 +18,9 @@ torch offers, against ``F.linear(x, W)``, so the op can take the fastest:
 Method as in kernel_bench.py: CUDA graphs over weight copies together larger than L2,
 fresh random inputs, median of replays.
 
-Usage: python benchmarks/dense_layout.py --out DIR
+Usage: python benchmarks/dense_layout.py --out DIR [--tp 2] [--tokens 200 300 ...]
+(``--tp``: each GPU's share of the layers under tensor parallelism: q/k/v and gate/up
+split by columns, o and down by rows.)
 """
 
 from __future__ import annotations
@@ -59,17 +61,27 @@ def variants(n: int):
     }
 
 
-def bench_shape(name: str, k: int, segments: tuple[int, ...], dtype) -> list[dict]:
+def tp_shard(layer: str, k: int, segments: tuple[int, ...], tp: int) -> tuple[int, tuple[int, ...]]:
+    """One GPU's (K, segment widths) of a layer at tensor-parallel size ``tp``, as vLLM
+    splits it: column-parallel layers (qkv, gate_up) by output, row-parallel (o, down) by
+    input."""
+    if layer in ("o", "down"):
+        return k // tp, segments
+    return k, tuple(w // tp for w in segments)
+
+
+def bench_shape(name: str, k: int, segments: tuple[int, ...], dtype,
+                tokens: tuple[int, ...] = TOKENS) -> list[dict]:
     n = sum(segments)
     copies = max(2, -(-ROT_BYTES // (n * k * 2)))
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
     wts = [w.t().contiguous() for w in weights]
     fns = variants(n)
     seg_ends = torch.tensor(segments).cumsum(0).tolist()
-    choice = dense.tune(wts[0], None, seg_ends, TOKENS)
+    choice = dense.tune(wts[0], None, seg_ends, tokens)
     fns["tuned"] = lambda x, wt: dense.dense_linear(x, wt, None, seg_ends)
     rows = []
-    for m in TOKENS:
+    for m in tokens:
         xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(copies)]
         ref = F.linear(xs[0], weights[0])
         row = dict(layer=name, K=k, N=n, M=m, f_linear_us=graph_time_us(
@@ -93,15 +105,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--model", default="llama3-8b")
+    ap.add_argument("--tp", type=int, default=1, help="time one GPU's share at this TP size")
+    ap.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     rows = []
     for layer, (k, segments) in LAYER_SHAPES[args.model].items():
-        rows += bench_shape(layer, k, segments, torch.bfloat16)
-    result = dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
-                  torch=torch.__version__, rows=rows)
-    (args.out / "dense_layout.json").write_text(json.dumps(result, indent=1))
+        k, segments = tp_shard(layer, k, segments, args.tp)
+        rows += bench_shape(layer, k, segments, torch.bfloat16, tuple(args.tokens))
+        result = dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
+                      torch=torch.__version__, tp=args.tp, rows=rows)
+        (args.out / "dense_layout.json").write_text(json.dumps(result, indent=1))  # per shape
 
 
 if __name__ == "__main__":
