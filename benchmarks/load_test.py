@@ -67,8 +67,9 @@ def start_server(model: Path, port: int, wina: dict | None, log: Path, cpu: bool
     raise RuntimeError("server did not start: " + log.read_text()[-3000:])
 
 
-def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_len: int) -> dict:
-    n = max(16, 4 * concurrency)
+def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_len: int,
+          num_prompts: int | None = None) -> dict:
+    n = num_prompts or max(16, 4 * concurrency)
     fname = f"{name}-c{concurrency}.json"
     cmd = VLLM + ["bench", "serve", "--backend", "vllm", "--base-url", f"http://127.0.0.1:{port}",
                   "--model", "llama3-8b-dummy", "--tokenizer", str(model),
@@ -84,7 +85,8 @@ def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_le
     return {"variant": name, "concurrency": concurrency, "num_prompts": n,
             "completed": r.get("completed"), "failed": n - int(r.get("completed", 0)),
             "req_s": r.get("request_throughput"), "out_tok_s": r.get("output_throughput"),
-            "ttft_ms": r.get("mean_ttft_ms"), "p99_ttft_ms": r.get("p99_ttft_ms"),
+            "ttft_ms": r.get("mean_ttft_ms"), "p50_ttft_ms": r.get("median_ttft_ms"),
+            "p99_ttft_ms": r.get("p99_ttft_ms"),
             "tpot_ms": r.get("mean_tpot_ms"), "p99_tpot_ms": r.get("p99_tpot_ms"),
             "p99_e2el_ms": r.get("p99_e2el_ms")}
 
@@ -123,6 +125,8 @@ def main() -> None:
     ap.add_argument("--name", default="wina", help="name of the WINA variant")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--num-prompts", type=int, help="prompts per concurrency (default: "
+                    "max(16, 4 x concurrency))")
     ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
     ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per server)")
@@ -146,7 +150,8 @@ def main() -> None:
                               args.compile, args.tp)
         try:
             for c in args.concurrency:
-                rows.append(bench(model, port, c, args.out, name, args.output_len))
+                rows.append(bench(model, port, c, args.out, name, args.output_len,
+                                  args.num_prompts))
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             server.terminate()
