@@ -76,7 +76,8 @@ def bench(model: Path, port: int, concurrency: int, out: Path, name: str, out_le
                   "--dataset-name", "random", "--random-input-len", "200",
                   "--random-output-len", str(out_len), "--ignore-eos", "--num-prompts", str(n),
                   "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,tpot,itl,e2el",
-                  "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(out),
+                  "--metric-percentiles", "50,99", "--save-result", "--save-detailed",
+                  "--result-dir", str(out),
                   "--result-filename", fname]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
