@@ -1,0 +1,173 @@
+"""Engine step times by step kind, dense vs WINA: where time to first token goes.
+
+The load tests (RESULTS.md section 3) show WINA's time to first token equal to dense at
+concurrency 1 but higher at concurrency 4, where new prompts are prefilled in steps
+that also carry other requests' decode tokens. This times single engine steps of each
+kind on an in-process engine (``LLMEngine.add_request`` / ``step``, synchronous):
+
+- ``prefill_200``: one 200-token prompt alone (concurrency 1's first token);
+- ``prefill_600``: three 200-token prompts in one step;
+- ``mixed_601``: three 200-token prompts joining one request that is decoding;
+- ``decode_1``: one decode step of one request (a CUDA-graph replay on the GPU).
+
+Median of ``--reps`` steps of each kind per variant, each variant in its own process,
+and a torch profile of one ``mixed_601`` step per variant (top operators by host and
+device time) written beside the JSON.
+
+Usage: python benchmarks/step_times.py --out DIR [--variants dense wina-thr-0.5] [--tp 2]
+       python benchmarks/step_times.py --out DIR --cpu --model DIR   (tiny model, CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compile_modes import COMPILE_MODES  # noqa: E402
+
+VARIANTS = {
+    "dense": None,
+    "wina-thr-0.5": {"mode": "threshold", "criterion": "wina", "calibration":
+                     str(ROOT / "benchmarks/calibration/llama3-8b-dummy-wina-0.5.safetensors")},
+    "wina-topk-0.5": {"mode": "topk", "sparsity": 0.5},
+}
+
+
+def run_variant(args, name: str) -> dict:
+    """One engine, every step kind ``args.reps`` times; returns median seconds per kind."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import torch
+    from vllm import LLM, SamplingParams
+
+    wina = VARIANTS[name]
+    kw = dict(max_model_len=512, max_num_seqs=16, seed=0, tensor_parallel_size=args.tp,
+              load_format="dummy", skip_tokenizer_init=True)
+    if args.cpu:
+        kw.update(dtype="float32", enforce_eager=True)
+    else:
+        kw.update(dtype="bfloat16", gpu_memory_utilization=0.85,
+                  compilation_config=COMPILE_MODES[args.compile])
+    if wina is not None:
+        kw.update(quantization="wina", additional_config={"wina": wina})
+    llm = LLM(model=args.model, **kw)
+    engine = llm.llm_engine
+    vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
+    gen = torch.Generator().manual_seed(0)
+    counter = iter(range(10**9))
+
+    def add(n_tokens: int, max_tokens: int) -> None:
+        ids = torch.randint(10, vocab - 10, (n_tokens,), generator=gen).tolist()
+        engine.add_request(f"r{next(counter)}", {"prompt_token_ids": ids},
+                           SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+    def timed_step() -> float:
+        start = time.perf_counter()
+        engine.step()
+        return time.perf_counter() - start
+
+    def drain() -> None:
+        while engine.has_unfinished_requests():
+            engine.step()
+
+    def scenario(kind: str) -> float:
+        """Set up, time the one step of this kind, finish the requests."""
+        if kind == "prefill_200":
+            add(200, 1)
+            t = timed_step()
+        elif kind == "prefill_600":
+            for _ in range(3):
+                add(200, 1)
+            t = timed_step()
+        elif kind == "mixed_601":
+            add(200, 4)
+            engine.step()  # its prefill
+            engine.step()  # a decode step: it is now decoding
+            for _ in range(3):
+                add(200, 1)
+            t = timed_step()
+        elif kind == "decode_1":
+            add(200, 4)
+            engine.step()
+            engine.step()
+            t = timed_step()
+        else:
+            raise ValueError(kind)
+        drain()
+        return t
+
+    kinds = ["prefill_200", "prefill_600", "mixed_601", "decode_1"]
+    for kind in kinds:  # warm-up: first calls at each shape (cuBLAS heuristics, allocator)
+        scenario(kind)
+    times = {k: [] for k in kinds}
+    for _ in range(args.reps):
+        for kind in kinds:  # interleaved, so drift hits every kind alike
+            times[kind].append(scenario(kind))
+    result = {"variant": name, "median_ms": {k: 1e3 * statistics.median(v)
+                                            for k, v in times.items()},
+              "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
+    if not args.no_profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([] if args.cpu else [ProfilerActivity.CUDA])
+        add(200, 4)
+        engine.step()
+        engine.step()
+        for _ in range(3):
+            add(200, 1)
+        with profile(activities=activities) as prof:
+            engine.step()
+        drain()
+        sort = "cpu_time_total" if args.cpu else "cuda_time_total"
+        table = (prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n\n" +
+                 prof.key_averages().table(sort_by=sort, row_limit=25))
+        (args.out / f"profile-{name}.txt").write_text(table)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "benchmarks/models/llama3-8b"))
+    ap.add_argument("--variants", nargs="+", default=["dense", "wina-thr-0.5"],
+                    choices=sorted(VARIANTS))
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
+    ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this variant here
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        print("RESULT " + json.dumps(run_variant(args, args.one)), flush=True)
+        return
+    results = []
+    for name in args.variants:  # one process per engine: a clean GPU for each
+        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--reps",
+               str(args.reps), "--tp", str(args.tp), "--compile", args.compile, "--out",
+               str(args.out)] + ["--cpu"] * args.cpu + ["--no-profile"] * args.no_profile
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep +
+                                   os.environ.get("PYTHONPATH", "")})
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+        print(name, json.dumps(results[-1]["median_ms"]), flush=True)
+        (args.out / "step_times.json").write_text(json.dumps(results, indent=1))
+    base = results[0]["median_ms"]
+    for r in results[1:]:
+        print(r["variant"], "vs", results[0]["variant"], " ".join(
+            f"{k} {v / base[k]:.3f}x" for k, v in r["median_ms"].items()))
+
+
+if __name__ == "__main__":
+    main()
