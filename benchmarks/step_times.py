@@ -41,6 +41,21 @@ VARIANTS = {
 }
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """{"name/tid": user + system CPU seconds} of this process's threads (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            comm = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[f"{comm}/{task.name}"] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def run_variant(args, name: str) -> dict:
     """One engine, every step kind ``args.reps`` times; returns median seconds per kind."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -107,12 +122,20 @@ def run_variant(args, name: str) -> dict:
     for kind in kinds:  # warm-up: first calls at each shape (cuBLAS heuristics, allocator)
         scenario(kind)
     times = {k: [] for k in kinds}
+    cpu_before, wall = thread_cpu_seconds(), time.perf_counter()
     for _ in range(args.reps):
         for kind in kinds:  # interleaved, so drift hits every kind alike
             times[kind].append(scenario(kind))
+    wall = time.perf_counter() - wall
+    cpu = {t: c - cpu_before.get(t, 0.0) for t, c in thread_cpu_seconds().items()}
+    busiest = sorted(cpu.items(), key=lambda kv: -kv[1])[:8]
     result = {"variant": name, "median_ms": {k: 1e3 * statistics.median(v)
                                             for k, v in times.items()},
-              "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
+              "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()},
+              # Host threads' CPU time over the timed steps, against their wall time: a
+              # thread other than the engine's that burns CPU competes with it.
+              "loop_wall_s": wall, "busiest_threads_cpu_s": busiest,
+              "threads": len(cpu), "torch_threads": torch.get_num_threads()}
     if not args.no_profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -161,7 +184,9 @@ def main() -> None:
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         results.append(json.loads(lines[-1][len("RESULT "):]))
-        print(name, json.dumps(results[-1]["median_ms"]), flush=True)
+        print(name, json.dumps(results[-1]["median_ms"]), "loop %.1f s, busiest threads %s"
+              % (results[-1]["loop_wall_s"], results[-1]["busiest_threads_cpu_s"][:4]),
+              flush=True)
         (args.out / "step_times.json").write_text(json.dumps(results, indent=1))
     base = results[0]["median_ms"]
     for r in results[1:]:
