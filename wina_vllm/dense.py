@@ -8,7 +8,8 @@ a model loads, each distinct layer shape times the ways of computing it at the t
 counts decode steps are padded to (vLLM's CUDA-graph sizes) and at the scheduler's token
 budget (full chunked-prefill steps), and keeps, per token count, the fastest one where it
 beats the plain product by more than ``MARGIN``. Other token counts, and every call on
-the CPU, use the plain product.
+the CPU, use the plain product. The choices are kept here (``dense_linear``) and in the
+extension (``wina_C.linear``, which runs the same forms without Python).
 
 Forms:
 - ``mm``: ``torch.mm`` (``torch.addmm`` with a bias): cuBLAS.
@@ -171,4 +172,5 @@ def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[in
             {f: lambda wt, f=f: _run(f, x, wt, bias, seg_ends) for f in candidates}, weights))
         if _choice[key] != "mm":
             chosen[m] = _choice[key]
+            kernels.set_dense_form(weight_t, seg_ends, m, bias is not None, _choice[key])
     return chosen

@@ -16,7 +16,8 @@ import torch
 from wina_vllm import envs
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu", "lt_matmul.cpp")
+SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu", "lt_matmul.cpp",
+           "linear_op.cpp")
 DTYPES = (torch.bfloat16, torch.float16)  # others run the op's torch reference
 
 
@@ -44,6 +45,30 @@ def load() -> None:
             f"wina: building the CUDA kernels in {out} failed ({exc}). They need nvcc and "
             "ninja matching torch's CUDA; set WINA_BUILD_VERBOSE=1 to see the compiler."
         ) from exc
+    torch.library.register_fake("wina_C::linear", _linear_fake)
+
+
+def _linear_fake(x, weight_t, bias, scale, thresholds, stats, workspace, seg_ends, keep, topk,
+                 max_sparse_batch, pdl):
+    return x.new_empty(x.shape[0], seg_ends[-1])
+
+
+def linear(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep, topk,
+           max_sparse_batch, pdl) -> torch.Tensor:
+    """``torch.ops.wina_C.linear``: the gated linear in C++ (csrc/linear_op.cpp), sparse for
+    1..``max_sparse_batch`` tokens, else the tuned dense product. Its inputs are checked
+    once per layer (``check_inputs``), not per call: that is where it saves its time."""
+    return torch.ops.wina_C.linear(x, weight_t, bias, col_scale, thresholds, stats, workspace,
+                                   seg_ends, keep, topk, max_sparse_batch, pdl)
+
+
+def set_dense_form(weight_t, seg_ends, tokens: int, has_bias: bool, form: str) -> None:
+    """Tell ``wina_C.linear`` the dense form chosen for this shape at ``tokens``."""
+    if form not in ("mm", "lt", "segments") and not (
+            form.startswith("algo") and form[4:].isdigit()):
+        raise _fail("form", repr(form), "mm, lt, segments or algo<i>", "set_dense_form")
+    load()
+    torch.ops.wina_C.set_dense_form(weight_t, list(seg_ends), tokens, has_bias, form)
 
 
 MAX_TOKENS, MAX_SEGMENTS = 8, 4

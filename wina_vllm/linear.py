@@ -5,7 +5,9 @@ loaders (TP sharding, fused q/k/v and gate/up shards) work unchanged.
 ``process_weights_after_loading`` computes the column norms of the full,
 unsharded matrix per fused projection, then replaces the weight by its
 input-major transpose ``[K, ldw]`` (``ldw`` = N rounded up to 8). ``apply`` only
-calls ``torch.ops.wina.sparse_linear``; the op decides dense or sparse.
+calls the op, which decides dense or sparse: ``torch.ops.wina_C.linear`` (all C++)
+where the CUDA kernels cover the layer (bf16/fp16 on a GPU, dense prefill), else
+``torch.ops.wina.sparse_linear`` (Python; the CPU, float32, sparse prefill).
 
 Constraints: column norms are all-reduced over TP for column-parallel layers
 (qkv, gate_up); row-parallel layers (o, down) hold whole columns, and their
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wina_vllm import dense, gate, metrics
+from wina_vllm import dense, envs, gate, kernels, metrics
 from wina_vllm.compat import (
     LinearMethodBase,
     ModelWeightParameter,
@@ -100,8 +102,34 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_keep = gate.keep_counts(k, self.sparsities)
         layer.wina_projections = self.target.projections
         metrics.track(self.target.layer_index, self.target.name, layer)
+        layer.wina_native = self._use_native_op(layer)
+        layer.wina_pdl = envs.programmatic_launch()
         self._tune_dense_path(layer, packed)
         self.config.report_ready(self.target, self.sparsities)
+
+    @staticmethod
+    def _applied_bias(layer: torch.nn.Module) -> torch.Tensor | None:
+        """The bias apply() will receive: vLLM's row-parallel layers add it on rank 0 only."""
+        passes_bias = not getattr(layer, "skip_bias_add", False) and (
+            not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
+        return getattr(layer, "bias", None) if passes_bias else None
+
+    def _use_native_op(self, layer: torch.nn.Module) -> bool:
+        """Whether ``wina_C.linear`` covers this layer: CUDA bf16/fp16 weights and dense
+        prefill (sparse prefill of long steps and other dtypes take the torch reference
+        gate). Its inputs are checked here, once, since it does not check them per call."""
+        wt = layer.weight
+        if not wt.is_cuda or wt.dtype not in kernels.DTYPES or self.config.settings.prefill \
+                == "sparse":
+            return False
+        kernels.load()
+        probe = torch.empty(1, wt.shape[0], dtype=wt.dtype, device=wt.device)
+        kernels.check_inputs(probe, wt, self._applied_bias(layer), layer.wina_scale,
+                             layer.wina_thresholds, layer.wina_stats, layer.wina_workspace,
+                             layer.wina_seg_ends)
+        if self.config.settings.mode == "topk":
+            kernels.check_keep(layer.wina_keep, len(layer.wina_seg_ends), wt.shape[0], wt.device)
+        return True
 
     def _tune_dense_path(self, layer: torch.nn.Module, packed) -> None:
         """Time the dense product's forms at the decode steps' CUDA-graph sizes that run dense
@@ -109,10 +137,7 @@ class WinaLinearMethod(LinearMethodBase):
         settings = self.config.settings
         if not packed.weight_t.is_cuda or settings.prefill == "sparse":
             return
-        # The bias apply() will receive: vLLM's row-parallel layers add it on rank 0 only.
-        passes_bias = not getattr(layer, "skip_bias_add", False) and (
-            not isinstance(layer, RowParallelLinear) or getattr(layer, "tp_rank", 0) == 0)
-        bias = getattr(layer, "bias", None) if passes_bias else None
+        bias = self._applied_bias(layer)
         # Decode steps are padded to the CUDA-graph sizes; long prompts are prefilled in
         # steps of the scheduler's full token budget (tuned up to MAX_TUNED_TOKENS: the
         # tuner holds a few outputs of that size at once while the model loads).
@@ -130,10 +155,12 @@ class WinaLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
         settings = self.config.settings
-        lead = x.shape[:-1]
-        y = torch.ops.wina.sparse_linear(
-            x.reshape(-1, x.shape[-1]), layer.weight, bias, layer.wina_scale,
-            layer.wina_thresholds, layer.wina_stats, layer.wina_workspace, layer.wina_seg_ends,
-            layer.wina_keep, settings.mode == "topk", settings.max_sparse_batch,
-            settings.prefill == "sparse")
-        return y.reshape(*lead, y.shape[-1])
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        args = (x2, layer.weight, bias, layer.wina_scale, layer.wina_thresholds,
+                layer.wina_stats, layer.wina_workspace, layer.wina_seg_ends, layer.wina_keep,
+                settings.mode == "topk", settings.max_sparse_batch)
+        if layer.wina_native:
+            y = kernels.linear(*args, layer.wina_pdl)
+        else:
+            y = torch.ops.wina.sparse_linear(*args, settings.prefill == "sparse")
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])

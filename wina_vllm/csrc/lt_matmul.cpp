@@ -10,6 +10,8 @@
 // Registers torch.ops.wina_C.{lt_algos, lt_matmul} (CUDA); kernels.py checks their inputs
 // first. Pointers must be 16-byte aligned (the heuristic is asked for algorithms valid at
 // that alignment); dense.py checks.
+#include "ops.h"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -89,6 +91,8 @@ void check(const at::Tensor& x, const at::Tensor& weight_t, int64_t n) {
               x.sizes(), ", weight_t ", weight_t.sizes(), ", n ", n);
 }
 
+}  // namespace
+
 int64_t lt_algos(const at::Tensor& x, const at::Tensor& weight_t, int64_t n) {
   check(x, weight_t, n);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -120,8 +124,6 @@ at::Tensor lt_matmul(const at::Tensor& x, const at::Tensor& weight_t, int64_t n,
                                kWorkspaceBytes, at::cuda::getCurrentCUDAStream()));
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(wina_C, m) {
   m.def("lt_algos(Tensor x, Tensor weight_t, int n) -> int");

@@ -1,5 +1,7 @@
 // Torch bindings of the WINA CUDA kernels: schemas, checks and launch geometry.
 // Loaded with torch.ops.load_library; registers torch.ops.wina_C.{sparse_gemv, topk_thresholds}.
+#include "ops.h"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_bf16.h>
@@ -31,6 +33,8 @@ void check_activations(const at::Tensor& x, const at::Tensor& scale) {
              " segments; accepted 1 to ", kMaxSegments);
 }
 
+}  // namespace
+
 at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
                            c10::IntArrayRef keep, bool pdl) {
   check_activations(x, scale);
@@ -53,6 +57,8 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return thr;
 }
+
+namespace {
 
 // The kernel instance for M tokens: launch it (p) or report its occupancy (p null).
 template <typename T>
@@ -79,6 +85,8 @@ void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks) {
   p.chunk_rows = rows;
   p.chunks = (p.K + rows - 1) / rows;
 }
+
+}  // namespace
 
 at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
                        const at::Tensor& weight_t,       // [K, ldw], input-major
@@ -164,8 +172,6 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY(wina_C, m) {
   m.def("sparse_gemv(Tensor x, Tensor weight_t, Tensor? bias, Tensor scale, Tensor thresholds, "
