@@ -39,6 +39,7 @@ VARIANTS = {
                      str(ROOT / "benchmarks/calibration/llama3-8b-dummy-wina-0.5.safetensors")},
     "wina-topk-0.5": {"mode": "topk", "sparsity": 0.5},
 }
+VARIANTS["wina-thr-0.5-python-op"] = VARIANTS["wina-thr-0.5"]  # run with WINA_NATIVE_OP=0
 
 
 def thread_cpu_seconds() -> dict[str, float]:
@@ -177,9 +178,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--reps",
                str(args.reps), "--tp", str(args.tp), "--compile", args.compile, "--out",
                str(args.out)] + ["--cpu"] * args.cpu + ["--no-profile"] * args.no_profile
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep +
-                                   os.environ.get("PYTHONPATH", "")})
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep +
+               os.environ.get("PYTHONPATH", "")}
+        if name.endswith("-python-op"):
+            env["WINA_NATIVE_OP"] = "0"
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")

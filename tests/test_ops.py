@@ -126,15 +126,18 @@ def test_cuda_impl_gates_dtypes_the_kernel_lacks():
     assert torch.equal(args[5], kept) and kept[:, 0].sum() > 0
 
 
-def test_wina_pdl_env_is_validated(monkeypatch):
+@pytest.mark.parametrize("name,read", [("WINA_PDL", "programmatic_launch"),
+                                       ("WINA_NATIVE_OP", "native_op")])
+def test_switch_envs_are_validated(monkeypatch, name, read):
     from wina_vllm import envs
 
+    fn = getattr(envs, read)
     for value, want in (("0", False), ("1", True)):
-        envs.programmatic_launch.cache_clear()
-        monkeypatch.setenv("WINA_PDL", value)
-        assert envs.programmatic_launch() is want
-    envs.programmatic_launch.cache_clear()
-    monkeypatch.setenv("WINA_PDL", "false")
-    with pytest.raises(ValueError, match="WINA_PDL='false'"):
-        envs.programmatic_launch()
-    envs.programmatic_launch.cache_clear()
+        fn.cache_clear()
+        monkeypatch.setenv(name, value)
+        assert fn() is want
+    fn.cache_clear()
+    monkeypatch.setenv(name, "false")
+    with pytest.raises(ValueError, match=f"{name}='false'"):
+        fn()
+    fn.cache_clear()

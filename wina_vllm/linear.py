@@ -119,8 +119,8 @@ class WinaLinearMethod(LinearMethodBase):
         prefill (sparse prefill of long steps and other dtypes take the torch reference
         gate). Its inputs are checked here, once, since it does not check them per call."""
         wt = layer.weight
-        if not wt.is_cuda or wt.dtype not in kernels.DTYPES or self.config.settings.prefill \
-                == "sparse":
+        if (not wt.is_cuda or wt.dtype not in kernels.DTYPES or not envs.native_op()
+                or self.config.settings.prefill == "sparse"):
             return False
         kernels.load()
         probe = torch.empty(1, wt.shape[0], dtype=wt.dtype, device=wt.device)
