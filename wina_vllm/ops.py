@@ -4,7 +4,9 @@ Architecture: a torch custom op with a device-agnostic reference implementation
 (used on the CPU), a CUDA implementation that calls the fused gate + sparse GEMV
 kernel for up to ``max_sparse_batch`` tokens, and a fake implementation for
 torch.compile. The sparse-or-dense choice is made inside the op from the token
-count, so a CUDA graph captured for one batch size replays the right path.
+count, so a CUDA graph captured for one batch size replays the right path. Layers the
+CUDA kernels cover call ``torch.ops.wina_C.linear`` instead (csrc/linear_op.cpp: the same
+computation without Python on the way; see linear.py); this op serves the rest.
 
 Constraints: ``weight_t`` is stored input-major, ``[K, ldw]`` with ``ldw`` the
 output width rounded up to 8 (zero padded), so a kept input channel is one
