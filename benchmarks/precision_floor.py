@@ -7,6 +7,7 @@ float32 and in float64 (same model, windows and gates) measures that floor at ea
 sparsity, the scale against which section 4's "vLLM within 1% of the reference" is read.
 
 Usage: python benchmarks/precision_floor.py [--out benchmarks/results/precision_floor]
+       [--sparsity 0.5] [--criteria wina-k-gate] [--windows 32]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from get_smollm2 import fetch  # noqa: E402
 
 from wina_vllm.calibrate import load_hf_model  # noqa: E402
 from wina_vllm.reference import make_gates  # noqa: E402
+from wina_vllm.settings import CRITERIA  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/precision_floor")
     add_window_args(ap)
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5, 0.65])
+    ap.add_argument("--criteria", nargs="+", default=["teal", "wina"], choices=CRITERIA)
     args = ap.parse_args()
     model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
     text = eval_text()
@@ -42,7 +45,7 @@ def main() -> None:
         wins = windows(tok, text, args.windows, args.window_tokens)
         rows.append({"name": "dense", "dtype": str(dtype), "ppl": reference_ppl(model, wins, None)})
         for s in args.sparsity:
-            for c in ("teal", "wina"):
+            for c in args.criteria:
                 ppl = reference_ppl(model, wins, make_gates(model, c, s))
                 rows.append({"name": f"{c}-topk-{s}", "dtype": str(dtype), "ppl": ppl})
                 print(json.dumps(rows[-1]), flush=True)
