@@ -67,6 +67,15 @@ def test_wina_k_gate_uses_column_norms_on_k_and_gate_only():
         pack_linear(qkv, [32, 32, 32], "wina-k-gate")
 
 
+@pytest.mark.parametrize("criterion,normed", [("wina", "q k v o gate up down"),
+                                              ("wina-k-gate", "k gate"), ("teal", "")])
+def test_criterion_scale_is_the_norms_exactly_where_the_criterion_uses_them(criterion, normed):
+    norms = torch.rand(16) + 0.5
+    for projection in ("q", "k", "v", "o", "gate", "up", "down"):
+        want = norms if projection in normed.split() else torch.ones(16)
+        assert torch.equal(gate.criterion_scale(norms, criterion, projection), want)
+
+
 def test_wina_and_teal_differ_when_column_norms_vary():
     torch.manual_seed(0)
     k = 128

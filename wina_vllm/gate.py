@@ -12,6 +12,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from wina_vllm.settings import uses_norms
+
+
+def criterion_scale(norms: torch.Tensor, criterion: str, projection: str | None) -> torch.Tensor:
+    """One projection's score scale under ``criterion``: its column norms, or ones where
+    the criterion scores that projection by ``|x|`` alone (TEAL; wina-k-gate off k, gate)."""
+    return norms if uses_norms(criterion, projection) else torch.ones_like(norms)
+
 
 def column_scales(
     weight: torch.Tensor,

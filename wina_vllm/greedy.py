@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from wina_vllm.settings import PROJECTIONS, uses_norms
+from wina_vllm.gate import criterion_scale
+from wina_vllm.settings import PROJECTIONS
 
 STEP = 0.1  # a layer's forward per projection per step: 0.05 doubles the calibration time
 MAX_SPARSITY = 0.9
@@ -124,8 +125,7 @@ def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dic
         samples = layers[i]
         scores = {p: samples[p].score_sample() for p in PROJECTIONS}  # one draw per projection
         thresholds = {p: [quantile(scores[p], q) for q in levels] for p in PROJECTIONS}
-        scale = {p: (samples[p].norms if uses_norms(criterion, p)
-                     else torch.ones_like(samples[p].norms)) for p in PROJECTIONS}
+        scale = {p: criterion_scale(samples[p].norms, criterion, p) for p in PROJECTIONS}
         params = {p: samples[p].weight.numel() for p in PROJECTIONS}
         layer = model.model.layers[i]
         path = layer_path(layer, inputs[i], modules_of(layer), scale, thresholds, params,

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import torch
 
 from wina_vllm import gate, ops
-from wina_vllm.settings import uses_norms
 
 
 @dataclass
@@ -47,8 +46,7 @@ def pack_linear(weight: torch.Tensor, segment_sizes: Sequence[int], criterion: s
     """
     norms = gate.column_scales(weight, segment_sizes, "wina", reduce_sum)
     names = projections if projections is not None else [None] * len(norms)
-    scale = torch.stack([n if uses_norms(criterion, p) else torch.ones_like(n)
-                         for n, p in zip(norms, names)])
+    scale = torch.stack([gate.criterion_scale(n, criterion, p) for n, p in zip(norms, names)])
     seg_ends = torch.tensor(list(segment_sizes)).cumsum(0).tolist()
     device = weight.device
     return PackedLinear(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from wina_vllm.calibrate import HF_MODULES
-from wina_vllm.settings import PROJECTIONS, uses_norms
+from wina_vllm.gate import criterion_scale
+from wina_vllm.settings import PROJECTIONS
 
 
 class ReferenceGate:
@@ -19,8 +20,8 @@ class ReferenceGate:
     def __init__(self, weight: torch.Tensor, criterion: str, projection: str, sparsity: float,
                  threshold: float | None):
         k = weight.shape[1]
-        self.scale = weight.detach().double().norm(dim=0).float() \
-            if uses_norms(criterion, projection) else torch.ones(k)
+        self.scale = criterion_scale(weight.detach().double().norm(dim=0).float(), criterion,
+                                     projection)
         self.keep = min(k, max(0, round((1.0 - sparsity) * k)))
         self.threshold = threshold
 
