@@ -159,3 +159,36 @@ def test_tuner_rotates_over_copies_that_exceed_l2(monkeypatch):
     big = torch.randn(64, 32)  # 8192 bytes
     only = dense._copies(big)
     assert len(only) == 1 and only[0] is big
+
+
+@requires_vllm
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("shape", [(3, 8), (2, 3, 8)])
+def test_apply_calls_the_op_chosen_at_load(monkeypatch, native, shape):
+    """Layers the kernels cover call wina_C.linear (with the PDL switch), the rest the
+    Python-dispatched op (with the sparse-prefill flag); a 3-D input comes back 3-D."""
+    from types import SimpleNamespace
+
+    from wina_vllm import kernels, linear, ops
+    from wina_vllm.layers import TargetLinear
+    from wina_vllm.settings import parse_settings
+
+    calls = []
+    monkeypatch.setattr(kernels, "linear",
+                        lambda *a: calls.append(("native", a[-1])) or ops.sparse_linear(
+                            *a[:-1], False))
+    method = linear.WinaLinearMethod(
+        SimpleNamespace(settings=parse_settings({"max_sparse_batch": 2})),
+        TargetLinear(0, "gate_up_proj", ("gate", "up")), [0.5, 0.5])
+    packed = pack_linear(torch.randn(16, 8), [8, 8], "wina")
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(packed.weight_t, requires_grad=False)
+    layer.wina_scale, layer.wina_thresholds = packed.scale, torch.zeros(2)
+    layer.wina_stats, layer.wina_workspace = packed.stats, packed.workspace
+    layer.wina_seg_ends, layer.wina_keep = packed.seg_ends, [4, 4]
+    layer.wina_native, layer.wina_pdl = native, True
+    x = torch.randn(*shape)
+    y = method.apply(layer, x)
+    assert y.shape == (*shape[:-1], 16)
+    torch.testing.assert_close(y.reshape(-1, 16), x.reshape(-1, 8) @ packed.weight_t[:, :16])
+    assert calls == ([("native", True)] if native else [])
