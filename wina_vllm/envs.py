@@ -44,7 +44,7 @@ def native_op() -> bool:
     """WINA_NATIVE_OP=0: run every layer through the Python-dispatched op.
 
     On by default: layers the CUDA kernels cover run ``wina_C.linear``, all in C++, which
-    saves 20-50 us of host time per call on steps outside CUDA graphs. The switch exists
+    saves 5-50 us of host time per call on steps outside CUDA graphs. The switch exists
     for A/B measurements and as a way out. Read once per process.
     """
     value = os.environ.get("WINA_NATIVE_OP", "1")

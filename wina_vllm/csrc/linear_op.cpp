@@ -3,10 +3,10 @@
 // The same computation as torch.ops.wina.sparse_linear (wina_vllm/ops.py) for the layers
 // the kernels cover (CUDA, bf16/fp16, dense prefill), without Python on the way: that op's
 // CUDA implementation is Python, reached through the dispatcher's boxed call, and costs
-// 20-50 us of host time a call. Steps outside CUDA graphs (prefill, steps that mix prefill
-// and decode) pay it on every linear; on the H200 an eager Llama-3-8B step took 2-25 ms
-// longer than dense (benchmarks/RESULTS.md, section 3). Here a call costs what an ATen op
-// costs.
+// 5-50 us of host time a call on the H200 machines. Steps outside CUDA graphs (prefill,
+// steps that mix prefill and decode) are bound by the host and pay it on every linear: an
+// eager Llama-3-8B step took 0.1-25 ms longer than dense (benchmarks/RESULTS.md, section
+// 3). Here a call costs what an ATen op costs.
 //
 // 1..max_sparse_batch tokens: the select kernel in top-k mode, then the sparse GEMV.
 // Otherwise the dense product on the input-major layout, by the form dense.py's tuner chose
