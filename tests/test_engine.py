@@ -84,6 +84,7 @@ def test_methods_are_chosen_per_layer(tiny_models):
     s = r["sparsity"]["model.layers.0.self_attn.qkv_proj"]
     assert abs(s["q"] - 0.5) <= 0.01 and s["k"] == 0.0 and s["v"] == 0.0
     assert "wina: 3 linears gated in 1 decoder layers" in r["log"]
+    assert "op: wina_C.linear (C++) on 0, the Python-dispatched op on 3" in r["log"]  # CPU
     assert "criterion=wina-k-gate," in r["log"]  # the default without a calibration file
 
 

@@ -37,6 +37,7 @@ class WinaConfig(compat.QuantizationConfig):
         self._hf_config: Any = None
         self._ready: list[tuple[TargetLinear, list[float]]] = []
         self._created = 0
+        self._native = 0  # linears running wina_C.linear (the rest run the Python op)
 
     # -- vLLM's QuantizationConfig interface ------------------------------------------
     def get_name(self) -> str:
@@ -120,9 +121,11 @@ class WinaConfig(compat.QuantizationConfig):
             calibration_file.check_signature(self._calibration, target.layer_index, projection,
                                              float(norm_means[j]), self.settings.calibration)
 
-    def report_ready(self, target: TargetLinear, sparsities: list[float]) -> None:
+    def report_ready(self, target: TargetLinear, sparsities: list[float],
+                     native: bool = False) -> None:
         """Log once, when the last gated linear is ready, what runs sparse and how."""
         self._ready.append((target, sparsities))
+        self._native += native
         if len(self._ready) != self._created:
             return
         s = self.settings
@@ -134,9 +137,11 @@ class WinaConfig(compat.QuantizationConfig):
         summary = ", ".join(f"{p}={sum(v) / len(v):.3f}" for p, v in per_proj.items())
         logger.info(
             "wina: %d linears gated in %d decoder layers (criterion=%s, mode=%s, prefill=%s, "
-            "max_sparse_batch=%d); mean sparsity %s; dense: skip_layers=%s, embeddings, "
-            "lm_head and all other layers", len(self._ready), len(layers), s.criterion, s.mode,
-            s.prefill, s.max_sparse_batch, summary, list(s.skip_layers))
+            "max_sparse_batch=%d); mean sparsity %s; op: wina_C.linear (C++) on %d, the "
+            "Python-dispatched op on %d; dense: skip_layers=%s, embeddings, lm_head and all "
+            "other layers", len(self._ready), len(layers), s.criterion, s.mode, s.prefill,
+            s.max_sparse_batch, summary, self._native, len(self._ready) - self._native,
+            list(s.skip_layers))
         if s.metrics_port is not None:
             port = s.metrics_port + compat.tp_rank()
             if metrics.serve(port):

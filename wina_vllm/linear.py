@@ -105,7 +105,7 @@ class WinaLinearMethod(LinearMethodBase):
         layer.wina_native = self._use_native_op(layer)
         layer.wina_pdl = envs.programmatic_launch()
         self._tune_dense_path(layer, packed)
-        self.config.report_ready(self.target, self.sparsities)
+        self.config.report_ready(self.target, self.sparsities, layer.wina_native)
 
     @staticmethod
     def _applied_bias(layer: torch.nn.Module) -> torch.Tensor | None:
