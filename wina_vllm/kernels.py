@@ -56,8 +56,8 @@ def _linear_fake(x, weight_t, bias, scale, thresholds, stats, workspace, seg_end
 def linear(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep, topk,
            max_sparse_batch, pdl) -> torch.Tensor:
     """``torch.ops.wina_C.linear``: the gated linear in C++ (csrc/linear_op.cpp), sparse for
-    1..``max_sparse_batch`` tokens, else the tuned dense product. Its inputs are checked
-    once per layer (``check_inputs``), not per call: that is where it saves its time."""
+    1..``max_sparse_batch`` tokens, else the tuned dense product. No Python runs inside
+    it, and its inputs are checked once per layer when it loads (``check_inputs``)."""
     return torch.ops.wina_C.linear(x, weight_t, bias, col_scale, thresholds, stats, workspace,
                                    seg_ends, keep, topk, max_sparse_batch, pdl)
 
