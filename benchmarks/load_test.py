@@ -139,6 +139,8 @@ def main() -> None:
         return
     if args.wina is None:
         ap.error("--wina is required")
+    if args.num_prompts is not None and args.num_prompts < 1:
+        ap.error(f"--num-prompts {args.num_prompts}: give at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     model = model_dir(args.config)
     variants = [("dense", None), (args.name, json.loads(args.wina))]
