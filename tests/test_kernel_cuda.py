@@ -85,55 +85,6 @@ def test_sparse_gemv_matches_float64(name, k, segments, sparsity):
                 assert not packed.workspace.any(), "arrival counters must return to zero"
 
 
-# Launch geometries other than the automatic one: narrow tiles in one chunk (several
-# stages), in a few chunks (split-K), and wide tiles with fewer chunks than automatic.
-PLANS = [(8, 1), (4, 1), (2, 1), (4, 3), (2, 2), (32, 2)]
-
-
-@pytest.mark.parametrize("lanes,chunks", PLANS, ids=[f"L{l}c{c}" for l, c in PLANS])
-def test_every_launch_geometry_matches_float64(lanes, chunks):
-    """The plan changes tiles, stages and the split-K finish; outputs, stats and counters
-    must not depend on it."""
-    from wina_vllm import kernels
-    torch.manual_seed(lanes * 100 + chunks)
-    for name, k, segments in SHAPES:
-        n = sum(segments)
-        weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        packed = pack_linear(weight, segments, "wina")
-        for sparsity in (0.5, 0.9):
-            keep = gate.keep_counts(k, [sparsity] * len(segments))
-            thresholds = _calibrated_thresholds(packed, k, sparsity, torch.bfloat16)
-            for m in range(1, 5):
-                topk = m % 2 == 0
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                score = gate.scores(x, packed.scale)
-                mask = gate.gate_mask(score, gate.topk_thresholds(score, keep) if topk
-                                      else thresholds)
-                packed.stats.zero_()
-                _poison(m, n, torch.bfloat16)
-                with kernels.gemv_plan(lanes, chunks):
-                    out = _call(x, packed, bias, thresholds, keep, topk)
-                torch.cuda.synchronize()
-                ref = _reference(x, weight, bias, mask, packed.seg_ends)
-                err = ((out.double() - ref).norm() / ref.norm()).item()
-                assert err <= 1e-2, f"{name} m={m} s={sparsity}: rel err {err:.2e}"
-                assert packed.stats[:, 0].tolist() == mask.sum(dim=(0, 2)).tolist()
-                assert not packed.workspace.any(), "arrival counters must return to zero"
-
-
-def test_gemv_plan_refuses_what_is_not_built():
-    from wina_vllm import kernels
-    with pytest.raises(ValueError, match="lanes in 0, 32, 8, 4, 2"):
-        with kernels.gemv_plan(16, 1):
-            pass
-    x = torch.randn(5, 4096, device="cuda", dtype=torch.bfloat16)
-    packed = pack_linear(torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16), [4096],
-                         "wina")
-    with kernels.gemv_plan(4, 1), pytest.raises(RuntimeError, match="narrow tiles take at most 4"):
-        _call(x, packed, None, torch.zeros(1, device="cuda"), [2048], False)
-
-
 @pytest.mark.parametrize("k", [576, 4096, 4100, 14336])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_kernel_mask_equals_cpu_reference(k, dtype):

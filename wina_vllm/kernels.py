@@ -8,7 +8,6 @@ never builds anything.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 from wina_vllm import envs
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu", "kernels_bf16_narrow.cu",
-           "kernels_fp16_narrow.cu", "lt_matmul.cpp", "linear_op.cpp")
+SOURCES = ("torch_bindings.cpp", "kernels_bf16.cu", "kernels_fp16.cu", "lt_matmul.cpp",
+           "linear_op.cpp")
 DTYPES = (torch.bfloat16, torch.float16)  # others run the op's torch reference
 
 
@@ -172,24 +171,6 @@ def sparse_gemv(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_
     return torch.ops.wina_C.sparse_gemv(x.contiguous(), weight_t, bias, col_scale, thr, topk,
                                         stats, workspace, seg_ends,
                                         envs.programmatic_launch() if pdl is None else pdl)
-
-
-@contextlib.contextmanager
-def gemv_plan(lanes: int, chunks: int):
-    """Fix the sparse GEMV's launch geometry inside the block (benchmarks and tests).
-
-    ``lanes``: lanes per weight row, 32 (256-column tiles), 8, 4 or 2 (narrow tiles, up
-    to 4 tokens); ``chunks``: blocks along K; 0 leaves either to the extension's choice.
-    """
-    if lanes not in (0, 32, 8, 4, 2) or chunks < 0:
-        raise _fail("plan", (lanes, chunks), "lanes in 0, 32, 8, 4, 2 and chunks >= 0",
-                    "gemv_plan")
-    load()
-    torch.ops.wina_C.set_gemv_plan(lanes, chunks)
-    try:
-        yield
-    finally:
-        torch.ops.wina_C.set_gemv_plan(0, 0)
 
 
 def check_lt_inputs(x, weight_t, n: int, require_cuda: bool = True) -> None:

@@ -2,17 +2,15 @@
 //
 // Architecture: y[m, n] = sum_{i kept by token m} x[m, i] * wt[i, n] (+ bias[n]) with
 // the weight stored input-major, so a kept input channel i is one contiguous row.
-// Grid: (tiles, chunks). A tile is L * 8 output columns of one segment (a fused
-// projection with its own gate), L lanes per row: 16 bytes a lane, 32 / L rows per load
-// instruction of a warp. A chunk is chunk_rows input rows, taken in stages of stage_rows.
-// Per stage, each of the 8 warps scores its rows (|x| * scale >= thr, for every token),
-// compacts the rows any token keeps into shared memory with ballots (in row order, so
-// results are deterministic), then streams those rows with kUnroll loads in flight per
-// lane, accumulating in fp32; the next stage's x and scale are loaded before the streaming.
-// Rows no token keeps are never read. Row slots are summed with shuffles, warps in shared
-// memory; chunks (when more than one) by the last block to arrive at a tile (arrival
-// counter, one acq_rel atomic per block, reset by the last), in a fixed order, with its
-// loads in one round trip; it adds the bias.
+// Grid: (tiles, chunks). A tile is kTileN = 256 output columns of one segment (a fused
+// projection with its own gate); a chunk is chunk_rows input rows. Each of the 8 warps
+// of a block owns chunk_rows / 8 rows: it scores them (|x| * scale >= thr, for every
+// token), compacts the rows any token keeps into shared memory with ballots (in row
+// order, so results are deterministic), then streams those rows, 16 bytes per lane and
+// 8 rows in flight, accumulating in fp32. Rows no token keeps are never read. Warps are
+// summed in shared memory; chunks are summed by the last block to arrive at a tile
+// (arrival counter, one acq_rel atomic per block, reset by the last), in a fixed order,
+// with its loads in one round trip; it adds the bias.
 //
 // Programmatic dependent launch (sm_90, when the launch asks for it): a block lets the
 // next kernel on the stream begin launching at once, and waits for the previous kernel's
@@ -20,8 +18,8 @@
 // start-up overlap the previous kernel's tail. (Triggering after the rows are streamed
 // instead measured the same.)
 //
-// Constraints: ldw % 8 == 0 (16-byte rows), M <= 8 (M <= 4 for L < 32), S <= 4, bf16 or fp16.
-// Limitations: split-K partials cost chunks * M * L * 8 * 4 bytes per tile of extra
+// Constraints: ldw % 8 == 0 (16-byte rows), M <= 8, S <= 4, bf16 or fp16.
+// Limitations: split-K partials cost chunks * M * 256 * 4 bytes per tile of extra
 // L2 traffic; it is small next to the weight rows.
 #pragma once
 
@@ -89,21 +87,13 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, int threads, size_t sme
   cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
 }
 
-template <typename T, int M, int L>
+template <typename T, int M>
 __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvParams p) {
   allow_next_kernel_launch();
   wait_for_previous_kernel();
-  constexpr int kTile = L * 8;      // output columns of a block
-  constexpr int kSlots = 32 / L;    // rows one load instruction of a warp covers
-  constexpr int kUnroll = M <= 4 ? 8 : 4;  // loads in flight per lane
-  constexpr int kGateRounds = kMaxStageRows / kWarps / 32;
-  // Narrow tiles run chunks of several stages and load a stage's gate inputs ahead; a wide
-  // tile's chunk is one stage (the host sees to it), which keeps its registers at the
-  // single-pass count (the prefetch held across the streaming costs 30-77 more at M >= 2).
-  constexpr bool kStaged = L < 32;
+  constexpr int kUnroll = M <= 4 ? 8 : 4;  // rows in flight per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int slot = lane / L, sub = lane % L;
   const int tile = blockIdx.x, chunk = blockIdx.y;
 
   int seg = 0;
@@ -111,14 +101,14 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   for (int s = 1; s < kMaxSegments; ++s)
     if (s < p.num_segments && tile >= p.tile_begin[s]) seg = s;
   const int seg_start = p.seg_start[seg], seg_end = p.seg_end[seg];
-  const int col0 = (seg_start & ~7) + (tile - p.tile_begin[seg]) * kTile;
-  const int my_col = col0 + sub * 8;  // this lane's 8 columns
+  const int col0 = (seg_start & ~7) + (tile - p.tile_begin[seg]) * kTileN;
+  const int my_col = col0 + lane * 8;  // this lane's 8 columns
   const bool lane_active = my_col < seg_end && my_col < p.ldw;
 
-  // Per-warp row list of one stage in shared memory: row index + masked x per token.
-  const int warp_rows = p.stage_rows / kWarps;
+  // Per-warp row list in shared memory: row index + masked x for each token.
+  const int warp_rows = p.chunk_rows / kWarps;
   int* s_idx = reinterpret_cast<int*>(smem_raw) + warp * warp_rows;
-  float* s_x = reinterpret_cast<float*>(smem_raw + sizeof(int) * p.stage_rows) +
+  float* s_x = reinterpret_cast<float*>(smem_raw + sizeof(int) * p.chunk_rows) +
                warp * warp_rows * M;
 
   const T* x = static_cast<const T*>(p.x);
@@ -127,99 +117,83 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
 #pragma unroll
   for (int m = 0; m < M; ++m) thr[m] = p.thr[m * p.thr_m_stride + seg];
 
-  const int chunk_begin = chunk * p.chunk_rows;
-  const int chunk_end = min(chunk_begin + p.chunk_rows, p.K);
-  // A stage's x and scale are loaded a stage ahead of their use, all in one round trip.
+  // 1. Gate: score this warp's rows for every token and compact the kept ones.
+  const int row_begin = chunk * p.chunk_rows + warp * warp_rows;
+  const int row_end = min(row_begin + warp_rows, p.K);
+  int n_rows = 0;
+  long long kept = 0;
+  // All of this warp's x and scale loads are issued before any is used: one round trip
+  // instead of one per 32 rows (down and gate_up have 56-128 rows per warp).
+  constexpr int kGateRounds = kMaxChunkRows / kWarps / 32;
   float g_scale[kGateRounds], g_x[kGateRounds][M];
-#define WINA_LOAD_GATE(stage)                                                              \
-  {                                                                                        \
-    const int rb = (stage) + warp * warp_rows, re = min(rb + warp_rows, chunk_end);        \
-    _Pragma("unroll") for (int r = 0; r < kGateRounds; ++r) {                              \
-      const int i = rb + r * 32 + lane;                                                    \
-      const bool in = i < re;                                                              \
-      g_scale[r] = in ? __ldg(scale + i) : 0.f;                                            \
-      _Pragma("unroll") for (int m = 0; m < M; ++m)                                        \
-        g_x[r][m] = in ? Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]) : 0.f;       \
-    }                                                                                      \
+#pragma unroll
+  for (int r = 0; r < kGateRounds; ++r) {
+    const int i = row_begin + r * 32 + lane;
+    const bool in = i < row_end;
+    g_scale[r] = in ? __ldg(scale + i) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      g_x[r][m] = in ? Vec<T>::to_float(x[static_cast<size_t>(m) * p.K + i]) : 0.f;
   }
-  WINA_LOAD_GATE(chunk_begin)
+#pragma unroll
+  for (int r = 0; r < kGateRounds; ++r) {
+    const int base = row_begin + r * 32;
+    if (base >= row_end) break;
+    const int i = base + lane;
+    float xm[M];
+    bool any = false;
+    if (i < row_end) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float v = g_x[r][m];
+        const bool keep = fabsf(v) * g_scale[r] >= thr[m];
+        xm[m] = keep ? v : 0.f;
+        any |= keep;
+        kept += keep;
+      }
+    }
+    const unsigned ballot = __ballot_sync(0xffffffffu, any);
+    if (any) {
+      const int pos = n_rows + __popc(ballot & ((1u << lane) - 1u));
+      s_idx[pos] = i;
+#pragma unroll
+      for (int m = 0; m < M; ++m) s_x[pos * M + m] = xm[m];
+    }
+    n_rows += __popc(ballot);
+  }
+  __syncwarp();
 
+  // 2. Stream the kept rows: 16 bytes (8 columns) per lane, kUnroll rows in flight.
   float acc[M][8];
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[m][j] = 0.f;
-  long long kept = 0;
 
-  const int stages = kStaged ? (chunk_end - chunk_begin + p.stage_rows - 1) / p.stage_rows : 1;
-#pragma unroll 1
-  for (int st = 0; st < stages; ++st) {
-    const int stage = chunk_begin + st * p.stage_rows;
-    // 1. Gate: score this warp's rows for every token and compact the kept ones.
-    const int row_begin = stage + warp * warp_rows;
-    const int row_end = min(row_begin + warp_rows, chunk_end);
-    int n_rows = 0;
+  if (lane_active) {
+    const T* wt = static_cast<const T*>(p.wt) + my_col;
+    for (int r0 = 0; r0 < n_rows; r0 += kUnroll) {
+      uint4 w[kUnroll];
 #pragma unroll
-    for (int r = 0; r < kGateRounds; ++r) {
-      const int base = row_begin + r * 32;
-      if (base >= row_end) break;
-      const int i = base + lane;
-      float xm[M];
-      bool any = false;
-      if (i < row_end) {
+      for (int u = 0; u < kUnroll; ++u)
+        w[u] = r0 + u < n_rows ? load_stream(wt + static_cast<size_t>(s_idx[r0 + u]) * p.ldw)
+                               : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (r0 + u >= n_rows) break;
+        const float2 f0 = Vec<T>::to_float2(w[u].x), f1 = Vec<T>::to_float2(w[u].y);
+        const float2 f2 = Vec<T>::to_float2(w[u].z), f3 = Vec<T>::to_float2(w[u].w);
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-          const float v = g_x[r][m];
-          const bool keep = fabsf(v) * g_scale[r] >= thr[m];
-          xm[m] = keep ? v : 0.f;
-          any |= keep;
-          kept += keep;
-        }
-      }
-      const unsigned ballot = __ballot_sync(0xffffffffu, any);
-      if (any) {
-        const int pos = n_rows + __popc(ballot & ((1u << lane) - 1u));
-        s_idx[pos] = i;
-#pragma unroll
-        for (int m = 0; m < M; ++m) s_x[pos * M + m] = xm[m];
-      }
-      n_rows += __popc(ballot);
-    }
-    __syncwarp();
-    if (kStaged && st + 1 < stages) WINA_LOAD_GATE(stage + p.stage_rows)
-
-    // 2. Stream the kept rows: 16 bytes (8 columns) per lane, kSlots rows per load
-    //    instruction, kUnroll loads in flight per lane.
-    if (lane_active) {
-      const T* wt = static_cast<const T*>(p.wt) + my_col;
-      for (int r0 = 0; r0 < n_rows; r0 += kUnroll * kSlots) {
-        uint4 w[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int r = r0 + u * kSlots + slot;
-          w[u] = r < n_rows ? load_stream(wt + static_cast<size_t>(s_idx[r]) * p.ldw)
-                            : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int r = r0 + u * kSlots + slot;
-          if (r >= n_rows) break;
-          const float2 f0 = Vec<T>::to_float2(w[u].x), f1 = Vec<T>::to_float2(w[u].y);
-          const float2 f2 = Vec<T>::to_float2(w[u].z), f3 = Vec<T>::to_float2(w[u].w);
-#pragma unroll
-          for (int m = 0; m < M; ++m) {
-            const float xv = s_x[r * M + m];
-            acc[m][0] = fmaf(xv, f0.x, acc[m][0]); acc[m][1] = fmaf(xv, f0.y, acc[m][1]);
-            acc[m][2] = fmaf(xv, f1.x, acc[m][2]); acc[m][3] = fmaf(xv, f1.y, acc[m][3]);
-            acc[m][4] = fmaf(xv, f2.x, acc[m][4]); acc[m][5] = fmaf(xv, f2.y, acc[m][5]);
-            acc[m][6] = fmaf(xv, f3.x, acc[m][6]); acc[m][7] = fmaf(xv, f3.y, acc[m][7]);
-          }
+          const float xv = s_x[(r0 + u) * M + m];
+          acc[m][0] = fmaf(xv, f0.x, acc[m][0]); acc[m][1] = fmaf(xv, f0.y, acc[m][1]);
+          acc[m][2] = fmaf(xv, f1.x, acc[m][2]); acc[m][3] = fmaf(xv, f1.y, acc[m][3]);
+          acc[m][4] = fmaf(xv, f2.x, acc[m][4]); acc[m][5] = fmaf(xv, f2.y, acc[m][5]);
+          acc[m][6] = fmaf(xv, f3.x, acc[m][6]); acc[m][7] = fmaf(xv, f3.y, acc[m][7]);
         }
       }
     }
-    __syncwarp();  // the lists are read before the next stage rewrites them
   }
-#undef WINA_LOAD_GATE
 
   // Realized sparsity: the first tile of a segment counts its rows, once per token.
   if (tile == p.tile_begin[seg]) {
@@ -232,35 +206,24 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
                 static_cast<unsigned long long>(p.M) * p.K);
   }
 
-  // 3. Sum a warp's row slots (shuffles), then the warps (shared memory): thread t < kTile
-  //    ends with column col0 + t of every token.
-#pragma unroll
-  for (int off = L; off < 32; off *= 2)
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], off);
-  float* s_red = reinterpret_cast<float*>(smem_raw);  // [kWarps][kTile], reuses the lists
-  const bool col_thread = threadIdx.x < kTile;
+  // 3. Sum the warps: thread t ends with column col0 + t of every token.
+  float* s_red = reinterpret_cast<float*>(smem_raw);  // [kWarps][kTileN], reuses the lists
   float total[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     __syncthreads();
-    if (slot == 0) {
-      float4* dst = reinterpret_cast<float4*>(s_red + warp * kTile + sub * 8);
-      dst[0] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-      dst[1] = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
-    }
+    float4* dst = reinterpret_cast<float4*>(s_red + warp * kTileN + lane * 8);
+    dst[0] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+    dst[1] = make_float4(acc[m][4], acc[m][5], acc[m][6], acc[m][7]);
     __syncthreads();
     float v = 0.f;
-    if (col_thread)
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) v += s_red[w * kTile + threadIdx.x];
+    for (int w = 0; w < kWarps; ++w) v += s_red[w * kTileN + threadIdx.x];
     total[m] = v;
   }
 
   const int col = col0 + threadIdx.x;
-  const bool col_valid = col_thread && col >= seg_start && col < seg_end;
+  const bool col_valid = col >= seg_start && col < seg_end;
   T* out = static_cast<T*>(p.out);
   const T* bias = static_cast<const T*>(p.bias);
   const float b = (bias != nullptr && col_valid) ? Vec<T>::to_float(bias[col]) : 0.f;
@@ -274,10 +237,9 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
 
   // 4. Split-K: publish this chunk's partial; the last block of the tile sums them in order.
   const int tiles = p.tile_begin[p.num_segments];
-  float* part = p.partial + (static_cast<size_t>(chunk) * tiles + tile) * M * kTile;
-  if (col_thread)
+  float* part = p.partial + (static_cast<size_t>(chunk) * tiles + tile) * M * kTileN;
 #pragma unroll
-    for (int m = 0; m < M; ++m) part[m * kTile + threadIdx.x] = total[m];
+  for (int m = 0; m < M; ++m) part[m * kTileN + threadIdx.x] = total[m];
   // Arrival: the barrier orders every thread's partial before thread 0's device-scope
   // acq_rel increment, which publishes them (release) and, in the last block, makes the
   // others' visible to it (acquire; the barrier passes that on to its threads). One
@@ -291,18 +253,17 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   }
   __syncthreads();
   if (!s_last) return;
-  // Sum the chunks in one round trip: a thread owns 4 columns (one float4) of every
-  // kGroups-th chunk, with up to kInFlight loads issued before the first add; then the
-  // groups are added in shared memory. Fixed order, so deterministic. (Scalar loads 8 at a
-  // time took 3-4 round trips on qkv, o and down; with the gate's single round trip this
-  // saves 0.3-0.6 us per call on the H200, RESULTS.md section 1.)
-  constexpr int kCol4 = kTile / 4;
-  constexpr int kGroups = kThreads / kCol4;
-  constexpr int kInFlight = 8;  // 32 chunks in one round at L = 32; keeps M <= 2 at 64 registers
-  const int grp = threadIdx.x / kCol4, col4 = threadIdx.x % kCol4;
-  const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTile;
-  const float* src = p.partial + static_cast<size_t>(tile) * M * kTile + col4 * 4;
-  float* s_sum = reinterpret_cast<float*>(smem_raw);  // [kGroups][kTile]
+  // Sum the chunks in one round trip: a thread owns 4 columns (one float4) of every 4th
+  // chunk, with up to kInFlight loads issued before the first add; then the 4 groups are
+  // added in shared memory. Fixed order, so deterministic. (Scalar loads 8 at a time took
+  // 3-4 round trips on qkv, o and down; with the gate's single round trip this saves
+  // 0.3-0.6 us per call on the H200, RESULTS.md section 1.)
+  constexpr int kGroups = kThreads / (kTileN / 4);
+  constexpr int kInFlight = 8;  // 32 chunks in one round; keeps M <= 2 at 64 registers
+  const int grp = threadIdx.x / (kTileN / 4), col4 = threadIdx.x % (kTileN / 4);
+  const size_t chunk_stride = static_cast<size_t>(tiles) * M * kTileN;
+  const float* src = p.partial + static_cast<size_t>(tile) * M * kTileN + col4 * 4;
+  float* s_sum = reinterpret_cast<float*>(smem_raw);  // [kGroups][kTileN]
 #pragma unroll 1
   for (int m = 0; m < M; ++m) {
     float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -312,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
 #pragma unroll
       for (int j = 0; j < kInFlight; ++j) {
         const int c = c0 + j * kGroups;
-        const float* at = src + c * chunk_stride + m * kTile;
+        const float* at = src + c * chunk_stride + m * kTileN;
         v[j] = c < p.chunks ? __ldcg(reinterpret_cast<const float4*>(at))
                             : make_float4(0.f, 0.f, 0.f, 0.f);
       }
@@ -322,61 +283,40 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
       }
     }
     if (m > 0) __syncthreads();  // the previous token's sums have been read
-    reinterpret_cast<float4*>(s_sum)[grp * kCol4 + col4] = sum;
+    reinterpret_cast<float4*>(s_sum)[grp * (kTileN / 4) + col4] = sum;
     __syncthreads();
     if (col_valid) {
       float v = 0.f;
 #pragma unroll
-      for (int g = 0; g < kGroups; ++g) v += s_sum[g * kTile + threadIdx.x];
+      for (int g = 0; g < kGroups; ++g) v += s_sum[g * kTileN + threadIdx.x];
       out[static_cast<size_t>(m) * p.N + col] = Vec<T>::from_float(v + b);
     }
   }
   if (threadIdx.x == 0) p.counters[tile] = 0;
 }
 
-// Shared memory of one launch: a stage's row lists, or the warp and chunk sums after them.
-template <int M, int L>
-constexpr size_t sparse_gemv_smem(int stage_rows) {
-  const size_t lists = static_cast<size_t>(stage_rows) * (sizeof(int) + M * sizeof(float));
-  const size_t warp_sums = static_cast<size_t>(kWarps) * L * 8 * sizeof(float);
-  const size_t chunk_sums = static_cast<size_t>(kThreads) * 4 * sizeof(float);
-  const size_t sums = warp_sums > chunk_sums ? warp_sums : chunk_sums;
-  return lists > sums ? lists : sums;
-}
-
 // Resident blocks per SM of one instance at its largest shared memory (cached).
-template <typename T, int M, int L>
+template <typename T, int M>
 int sparse_gemv_blocks_per_sm() {
   static int blocks = 0;
   if (blocks == 0) {
-    const size_t smem = sparse_gemv_smem<M, L>(kMaxStageRows);
-    cudaFuncSetAttribute(sparse_gemv_kernel<T, M, L>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sparse_gemv_kernel<T, M, L>, kThreads,
-                                                  smem);
+    const size_t smem = kMaxChunkRows * (sizeof(int) + M * sizeof(float));
+    cudaFuncSetAttribute(sparse_gemv_kernel<T, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(kMaxChunkRows * (sizeof(int) + kMaxTokens * sizeof(float))));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sparse_gemv_kernel<T, M>, kThreads, smem);
     if (blocks < 1) blocks = 1;
   }
   return blocks;
 }
 
-template <typename T, int M, int L>
+template <typename T, int M>
 void launch_sparse_gemv(const SparseGemvParams& p, bool pdl, cudaStream_t stream) {
-  sparse_gemv_blocks_per_sm<T, M, L>();  // sets the shared-memory limit once
-  launch_kernel(sparse_gemv_kernel<T, M, L>, dim3(p.tile_begin[p.num_segments], p.chunks),
-                kThreads, sparse_gemv_smem<M, L>(p.stage_rows), pdl, stream, p);
+  const size_t list_bytes = static_cast<size_t>(p.chunk_rows) * (sizeof(int) + M * sizeof(float));
+  const size_t red_bytes = static_cast<size_t>(kWarps) * kTileN * sizeof(float);
+  const size_t smem = list_bytes > red_bytes ? list_bytes : red_bytes;
+  sparse_gemv_blocks_per_sm<T, M>();  // sets the shared-memory limit once
+  launch_kernel(sparse_gemv_kernel<T, M>, dim3(p.tile_begin[p.num_segments], p.chunks), kThreads,
+                smem, pdl, stream, p);
 }
 
 }  // namespace wina
-
-// Explicit instances for one dtype: every M at L = 32, and narrow tiles for M <= 4 (keep
-// in step with kLaneWidths and kMaxNarrowTokens in sparse_gemv.h).
-#define WINA_GEMV_INSTANCE(T, M, L)                                                      \
-  template void launch_sparse_gemv<T, M, L>(const SparseGemvParams&, bool, cudaStream_t); \
-  template int sparse_gemv_blocks_per_sm<T, M, L>();
-#define WINA_GEMV_WIDE_INSTANCES(T)                                                      \
-  WINA_GEMV_INSTANCE(T, 1, 32) WINA_GEMV_INSTANCE(T, 2, 32) WINA_GEMV_INSTANCE(T, 3, 32) \
-  WINA_GEMV_INSTANCE(T, 4, 32) WINA_GEMV_INSTANCE(T, 5, 32) WINA_GEMV_INSTANCE(T, 6, 32) \
-  WINA_GEMV_INSTANCE(T, 7, 32) WINA_GEMV_INSTANCE(T, 8, 32)
-#define WINA_GEMV_NARROW_INSTANCES(T, L)                                                  \
-  WINA_GEMV_INSTANCE(T, 1, L) WINA_GEMV_INSTANCE(T, 2, L) WINA_GEMV_INSTANCE(T, 3, L)    \
-  WINA_GEMV_INSTANCE(T, 4, L)

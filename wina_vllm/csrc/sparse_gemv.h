@@ -10,12 +10,8 @@ constexpr int kMaxTokens = 8;    // tokens per sparse call (the op's max_sparse_
 constexpr int kMaxSegments = 4;  // fused projections per linear (q/k/v, gate/up)
 constexpr int kThreads = 256;    // threads per block: 8 warps
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxStageRows = 1024;  // input rows a block gates and lists at a time
-// Lanes per weight row (L): a block covers L * 8 output columns (16 bytes a lane). 32 is the
-// wide tile (one 512-byte row segment per load instruction of a warp); narrower tiles make
-// more tiles, so fewer chunks per tile (often one: no split-K finish).
-constexpr int kLaneWidths[] = {32, 8, 4, 2};
-constexpr int kMaxNarrowTokens = 4;  // narrow tiles (L < 32) are built for M <= 4
+constexpr int kTileN = 256;      // output columns per block: 32 lanes x 8 columns (16 bytes)
+constexpr int kMaxChunkRows = 1024;
 
 // Everything one launch of the fused gate + sparse GEMV needs.
 struct SparseGemvParams {
@@ -25,7 +21,7 @@ struct SparseGemvParams {
   const float* scale;       // [S, K] column scale: L2 norm (WINA) or 1 (TEAL)
   const float* thr;         // thresholds: [S] (thr_m_stride 0) or [M, S] (thr_m_stride S)
   void* out;                // [M, N] (T)
-  float* partial;           // [chunks, tiles, M, L * 8] split-K partial sums
+  float* partial;           // [chunks, tiles, M, kTileN] split-K partial sums
   int* counters;            // [tiles] arrival counters, zero before and after a launch
   long long* stats;         // [S, 2] kept / seen channel counts
   int K, N, ldw, M;
@@ -34,16 +30,15 @@ struct SparseGemvParams {
   int seg_start[kMaxSegments];   // first output column of each segment
   int seg_end[kMaxSegments];     // one past its last column
   int tile_begin[kMaxSegments + 1];  // first tile of each segment; tile_begin[S] = tiles
-  int chunk_rows;           // input rows (K) per block, a multiple of stage_rows
-  int stage_rows;           // rows gated at a time, multiple of 8 * kWarps, <= kMaxStageRows
+  int chunk_rows;           // input rows (K) per block, multiple of 32 * kWarps
   int chunks;               // blocks along K per tile
 };
 
 // pdl: launch with programmatic stream serialization (sm_90 only; see sparse_gemv.cuh).
-template <typename T, int M, int L>
+template <typename T, int M>
 void launch_sparse_gemv(const SparseGemvParams& p, bool pdl, cudaStream_t stream);
 
-template <typename T, int M, int L>
+template <typename T, int M>
 int sparse_gemv_blocks_per_sm();
 
 // Per-token k-th largest score per segment (top-k mode): thr[m, s].

@@ -60,72 +60,33 @@ at::Tensor topk_thresholds(const at::Tensor& x, const at::Tensor& scale,
 
 namespace {
 
-// The kernel instance for M tokens and L lanes per row: launch it (p) or report its
-// occupancy (p null); -1 when no such instance is built.
+// The kernel instance for M tokens: launch it (p) or report its occupancy (p null).
 template <typename T>
-int dispatch_instance(int M, int L, const SparseGemvParams* p, bool pdl, cudaStream_t stream) {
-#define WINA_CASE(m, l)                                                  \
-  if (M == m && L == l) {                                                \
-    if (p == nullptr) return sparse_gemv_blocks_per_sm<T, m, l>();       \
-    launch_sparse_gemv<T, m, l>(*p, pdl, stream);                        \
-    return 0;                                                            \
+int dispatch_tokens(int M, const SparseGemvParams* p, bool pdl, cudaStream_t stream) {
+#define WINA_CASE(m)                                                     \
+  case m:                                                                \
+    if (p == nullptr) return sparse_gemv_blocks_per_sm<T, m>();          \
+    launch_sparse_gemv<T, m>(*p, pdl, stream);                           \
+    return 0;
+  switch (M) {
+    WINA_CASE(1) WINA_CASE(2) WINA_CASE(3) WINA_CASE(4)
+    WINA_CASE(5) WINA_CASE(6) WINA_CASE(7) WINA_CASE(8)
   }
-  WINA_CASE(1, 32) WINA_CASE(2, 32) WINA_CASE(3, 32) WINA_CASE(4, 32)
-  WINA_CASE(5, 32) WINA_CASE(6, 32) WINA_CASE(7, 32) WINA_CASE(8, 32)
-  WINA_CASE(1, 8) WINA_CASE(2, 8) WINA_CASE(3, 8) WINA_CASE(4, 8)
-  WINA_CASE(1, 4) WINA_CASE(2, 4) WINA_CASE(3, 4) WINA_CASE(4, 4)
-  WINA_CASE(1, 2) WINA_CASE(2, 2) WINA_CASE(3, 2) WINA_CASE(4, 2)
 #undef WINA_CASE
-  return -1;
+  return 0;
 }
 
-bool instance_built(int M, int L) {
-  return L == 32 || ((L == 8 || L == 4 || L == 2) && M <= kMaxNarrowTokens);
-}
-
-// Launch geometry: lanes per weight row (tile = lanes * 8 columns) and blocks along K.
-struct GemvPlan {
-  int lanes = 0;   // 0: automatic
-  int chunks = 0;  // 0: automatic
-};
-GemvPlan g_plan_override;  // set by set_gemv_plan (benchmarks and tests)
-
-// Tiles of every segment for a tile width; fills seg_start, seg_end and tile_begin.
-int assign_tiles(SparseGemvParams& p, c10::IntArrayRef seg_ends, int tile_n) {
-  int start = 0, tiles = 0;
-  for (int s = 0; s < p.num_segments; ++s) {
-    const int end = static_cast<int>(seg_ends[s]);
-    p.seg_start[s] = start; p.seg_end[s] = end; p.tile_begin[s] = tiles;
-    tiles += (end - (start & ~7) + tile_n - 1) / tile_n;
-    start = end;
-  }
-  p.tile_begin[p.num_segments] = tiles;
-  return tiles;
-}
-
-// Split K into about `chunks` blocks of whole 64-row stages (8 rows per warp), each stage
-// at most kMaxStageRows; with cap_one_stage a chunk is a single stage.
-void assign_chunks(SparseGemvParams& p, int chunks, bool cap_one_stage) {
-  int rows = (p.K + chunks - 1) / chunks;
-  rows = std::max(64, (rows + 63) / 64 * 64);
-  if (cap_one_stage) rows = std::min(rows, kMaxStageRows);
-  const int stages = (rows + kMaxStageRows - 1) / kMaxStageRows;
-  const int stage_rows = ((rows + stages - 1) / stages + 63) / 64 * 64;
-  p.stage_rows = stage_rows;
-  p.chunk_rows = stages * stage_rows;
-  p.chunks = (p.K + p.chunk_rows - 1) / p.chunk_rows;
+// Rows per block along K: as many blocks as fit on the GPU at once (one wave, no
+// tail of a second), whole multiples of 64 rows (8 per warp), at most kMaxChunkRows.
+void choose_chunks(SparseGemvParams& p, int tiles, int resident_blocks) {
+  const int wanted = std::max(1, resident_blocks / tiles);
+  int rows = (p.K + wanted - 1) / wanted;
+  rows = std::min(kMaxChunkRows, std::max(64, (rows + 63) / 64 * 64));
+  p.chunk_rows = rows;
+  p.chunks = (p.K + rows - 1) / rows;
 }
 
 }  // namespace
-
-void set_gemv_plan(int64_t lanes, int64_t chunks) {
-  WINA_CHECK(lanes == 0 || lanes == 32 || lanes == 8 || lanes == 4 || lanes == 2,
-             "set_gemv_plan: lanes must be 0 (automatic), 32, 8, 4 or 2, got ", lanes);
-  WINA_CHECK(chunks >= 0, "set_gemv_plan: chunks must be >= 0 (0: automatic), got ", chunks);
-  g_plan_override.lanes = static_cast<int>(lanes);
-  g_plan_override.chunks = static_cast<int>(chunks);
-}
-
 
 at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
                        const at::Tensor& weight_t,       // [K, ldw], input-major
@@ -170,26 +131,23 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   p.K = K; p.N = N; p.ldw = static_cast<int>(weight_t.size(1)); p.M = M;
   p.num_segments = S;
   p.thr_m_stride = per_token ? S : 0;
-  for (int s = 0, start = 0; s < S; ++s) {
-    WINA_CHECK(seg_ends[s] > start, "seg_ends must be increasing, got ", seg_ends);
-    start = static_cast<int>(seg_ends[s]);
+  int start = 0, tiles = 0;
+  for (int s = 0; s < S; ++s) {
+    const int end = static_cast<int>(seg_ends[s]);
+    WINA_CHECK(end > start, "seg_ends must be increasing, got ", seg_ends);
+    p.seg_start[s] = start; p.seg_end[s] = end; p.tile_begin[s] = tiles;
+    tiles += (end - (start & ~7) + kTileN - 1) / kTileN;
+    start = end;
   }
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const GemvPlan plan = g_plan_override;
-  const int lanes = plan.lanes != 0 ? plan.lanes : 32;
-  WINA_CHECK(instance_built(M, lanes), "no kernel for ", M, " tokens at ", lanes,
-             " lanes per row (narrow tiles take at most ", kMaxNarrowTokens, " tokens)");
-  const int tiles = assign_tiles(p, seg_ends, lanes * 8);
+  p.tile_begin[S] = tiles;
   WINA_CHECK(workspace.numel() >= tiles, "workspace has ", workspace.numel(),
              " counters, this layer needs ", tiles);
-  const int per_sm = bf16 ? dispatch_instance<__nv_bfloat16>(M, lanes, nullptr, false, nullptr)
-                          : dispatch_instance<__half>(M, lanes, nullptr, false, nullptr);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const int per_sm = bf16 ? dispatch_tokens<__nv_bfloat16>(M, nullptr, false, nullptr)
+                          : dispatch_tokens<__half>(M, nullptr, false, nullptr);
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   const int resident = per_sm * props->multiProcessorCount;
-  // Automatic: as many blocks as fit on the GPU at once (one wave, no tail of a second).
-  // A wide tile's chunk is one stage (sparse_gemv.cuh).
-  assign_chunks(p, plan.chunks != 0 ? plan.chunks : std::max(1, resident / tiles),
-                lanes == 32);
+  choose_chunks(p, tiles, resident);
   // Programmatic launch needs sm_90, and pays only when this grid fills the GPU: the
   // next kernel's blocks take the slots a partial wave leaves free and wait there. Measured
   // on the H200 (benchmarks/RESULTS.md, section 1): qkv, o and down (97-100% of the slots)
@@ -199,7 +157,7 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   at::Tensor out = at::empty({M, N}, x.options());
   at::Tensor partial;
   if (p.chunks > 1)
-    partial = at::empty({static_cast<int64_t>(p.chunks) * tiles * M * lanes * 8},
+    partial = at::empty({static_cast<int64_t>(p.chunks) * tiles * M * kTileN},
                         x.options().dtype(at::kFloat));
   p.x = x.data_ptr(); p.wt = weight_t.data_ptr(); p.out = out.data_ptr();
   p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
@@ -209,8 +167,8 @@ at::Tensor sparse_gemv(const at::Tensor& x,              // [M, K]
   p.stats = reinterpret_cast<long long*>(stats.data_ptr<int64_t>());
 
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (bf16) dispatch_instance<__nv_bfloat16>(M, lanes, &p, pdl, stream);
-  else dispatch_instance<__half>(M, lanes, &p, pdl, stream);
+  if (bf16) dispatch_tokens<__nv_bfloat16>(M, &p, pdl, stream);
+  else dispatch_tokens<__half>(M, &p, pdl, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -219,8 +177,6 @@ TORCH_LIBRARY(wina_C, m) {
   m.def("sparse_gemv(Tensor x, Tensor weight_t, Tensor? bias, Tensor scale, Tensor thresholds, "
         "bool per_token, Tensor(a!) stats, Tensor(b!) workspace, int[] seg_ends, bool pdl) -> Tensor");
   m.def("topk_thresholds(Tensor x, Tensor scale, int[] keep, bool pdl) -> Tensor");
-  // Fixes the sparse GEMV's launch geometry (0, 0: automatic); benchmarks and tests only.
-  m.def("set_gemv_plan(int lanes, int chunks) -> ()", &set_gemv_plan);
 }
 
 TORCH_LIBRARY_IMPL(wina_C, CUDA, m) {
