@@ -77,3 +77,34 @@ def test_bad_settings_name_key_and_value(raw, names):
         parse_settings(raw)
     for name in names:
         assert name in str(err.value), (name, str(err.value))
+
+
+def _config_hash(wina: dict, monkeypatch, native: str) -> tuple[str, dict]:
+    """vLLM's config hash (its compile-cache key) after the worker has read the settings."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from wina_vllm import config, envs
+    monkeypatch.setenv("WINA_NATIVE_OP", native)
+    envs.native_op.cache_clear()
+    vllm_config = VllmConfig(additional_config={"wina": dict(wina)})
+    try:
+        with set_current_vllm_config(vllm_config):
+            config.load_settings()
+    finally:
+        envs.native_op.cache_clear()
+    return vllm_config.compute_hash(), vllm_config.additional_config[config.COMPILE_FACTORS_KEY]
+
+
+def test_compile_cache_key_covers_op_choice_and_calibration_contents(tmp_path, monkeypatch):
+    """A graph traced with the C++ op, or with another file's kept counts, must not be
+    reused: both reach vLLM's compile-cache key through the recorded factors."""
+    cal = tmp_path / "cal.safetensors"
+    cal.write_bytes(b"first calibration")
+    wina = {"mode": "topk", "calibration": str(cal)}
+    native, factors = _config_hash(wina, monkeypatch, "1")
+    assert factors["native_op"] is True and factors["calibration_sha256"] is not None
+    assert _config_hash(wina, monkeypatch, "1")[0] == native  # same inputs, same key
+    python_op, factors = _config_hash(wina, monkeypatch, "0")
+    assert factors["native_op"] is False and python_op != native
+    cal.write_bytes(b"recalibrated, same path")
+    assert _config_hash(wina, monkeypatch, "1")[0] != native

@@ -8,23 +8,55 @@ settings come from ``additional_config["wina"]``, read once, inside the worker.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from wina_vllm import calibration_file, compat, metrics
+from wina_vllm import calibration_file, compat, envs, metrics
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
 from wina_vllm.settings import DEFAULT_CRITERION, PROJECTIONS, WinaSettings, parse_settings
 
 logger = compat.get_logger(__name__)
 
 
+# Key beside "wina" in additional_config where the worker records compile_factors().
+COMPILE_FACTORS_KEY = "wina_compile_factors"
+
+
 def load_settings() -> WinaSettings:
     """The validated settings of the running engine (``additional_config["wina"]``)."""
-    extra = compat.get_current_vllm_config().additional_config or {}
+    config = compat.get_current_vllm_config()
+    if config.additional_config is None:
+        config.additional_config = {}
+    extra = config.additional_config
     if not isinstance(extra, dict):
         raise ValueError(f"additional_config: got {extra!r}; accepted: a JSON object")
-    return parse_settings(extra.get("wina"))
+    settings = parse_settings(extra.get("wina"))
+    extra[COMPILE_FACTORS_KEY] = compile_factors(settings)
+    return settings
+
+
+def compile_factors(settings: WinaSettings) -> dict[str, Any]:
+    """What the traced graph depends on besides the settings themselves.
+
+    vLLM keys its torch.compile cache on the engine config, ``additional_config``
+    included, so a cached graph is reused whenever the settings are the same. The graph
+    also bakes in which op each layer calls (``WINA_NATIVE_OP``), the programmatic-launch
+    flag (``WINA_PDL``) and the per-layer kept counts of a calibration file, whose path is
+    in the settings but whose contents are not. Recorded in the config (the worker's, before
+    compilation hashes it), they make a graph traced under other values a cache miss: on
+    the H200 a server started with ``WINA_NATIVE_OP=0`` ran the cached C++-op graph.
+    """
+    digest = None
+    if settings.calibration is not None:
+        try:
+            digest = hashlib.sha256(Path(settings.calibration).read_bytes()).hexdigest()
+        except OSError:
+            digest = None  # calibration_file.load reports a missing or unreadable file
+    return {"native_op": envs.native_op(), "pdl": envs.programmatic_launch(),
+            "calibration_sha256": digest}
 
 
 class WinaConfig(compat.QuantizationConfig):
