@@ -174,9 +174,13 @@ def test_apply_calls_the_op_chosen_at_load(monkeypatch, native, shape):
     from wina_vllm.settings import parse_settings
 
     calls = []
-    monkeypatch.setattr(kernels, "linear",
-                        lambda *a: calls.append(("native", a[-1])) or ops.sparse_linear(
-                            *a[:-1], False))
+
+    def native(x, w, b, scale, thr, seg_ends, keep, topk, msb, pdl):
+        calls.append(("native", pdl))
+        return ops.sparse_linear(x, w, b, scale, thr, layer.wina_stats, layer.wina_workspace,
+                                 seg_ends, keep, topk, msb, False)
+
+    monkeypatch.setattr(kernels, "linear", native)
     method = linear.WinaLinearMethod(
         SimpleNamespace(settings=parse_settings({"max_sparse_batch": 2})),
         TargetLinear(0, "gate_up_proj", ("gate", "up")), [0.5, 0.5])

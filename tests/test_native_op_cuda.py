@@ -23,13 +23,21 @@ def _layer(k: int, segments: tuple[int, ...], with_bias: bool, dtype=torch.bfloa
     sample = torch.randn(16, k, dtype=dtype, device="cuda")
     thr = gate.scores(sample, packed.scale).float().median(dim=2).values.median(dim=0).values
     keep = gate.keep_counts(k, [0.5] * len(segments))
+    kernels.register_layer(packed.weight_t, packed.stats, packed.workspace)
     return packed, bias, thr.contiguous(), keep
 
 
 def _args(x, layer, topk):
+    """The Python-dispatched op's arguments (it takes the counters)."""
     packed, bias, thr, keep = layer
     return (x, packed.weight_t, bias, packed.scale, thr, packed.stats, packed.workspace,
             packed.seg_ends, keep, topk, MAX_SPARSE)
+
+
+def _native(x, layer, topk):
+    """wina_C.linear's arguments (its counters are the registered ones)."""
+    packed, bias, thr, keep = layer
+    return (x, packed.weight_t, bias, packed.scale, thr, packed.seg_ends, keep, topk, MAX_SPARSE)
 
 
 @cuda
@@ -45,7 +53,7 @@ def test_native_op_equals_the_python_op(tokens, topk, with_bias, k, segments):
     before = stats.clone()
     want = torch.ops.wina.sparse_linear(*_args(x, layer, topk), False)
     counted = stats - before
-    got = kernels.linear(*_args(x, layer, topk), True)
+    got = kernels.linear(*_native(x, layer, topk), True)
     assert got.shape == (tokens, sum(segments))
     assert torch.equal(got, want)
     assert torch.equal(stats - before, 2 * counted)  # counted again, the same (0 when dense)
@@ -66,7 +74,7 @@ def test_native_op_runs_the_tuned_dense_form(monkeypatch, form, with_bias):
     kernels.set_dense_form(packed.weight_t, packed.seg_ends, tokens, with_bias, form)
     try:
         want = dense.dense_linear(x, packed.weight_t, bias, packed.seg_ends)
-        got = kernels.linear(*_args(x, layer, False), True)
+        got = kernels.linear(*_native(x, layer, False), True)
     finally:
         kernels.set_dense_form(packed.weight_t, packed.seg_ends, tokens, with_bias, "mm")
     assert torch.equal(got, want)
@@ -86,20 +94,20 @@ def test_native_op_replays_in_cuda_graphs_and_compiles(topk):
     layer = _layer(576, (576, 192, 192), False)
     for tokens in (1, 2, 16):
         x = torch.randn(tokens, 576, dtype=torch.bfloat16, device="cuda")
-        kernels.linear(*_args(x, layer, topk), True)  # warm-up outside the capture
+        kernels.linear(*_native(x, layer, topk), True)  # warm-up outside the capture
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = kernels.linear(*_args(x, layer, topk), True)
+            out = kernels.linear(*_native(x, layer, topk), True)
         x.copy_(torch.randn_like(x))
         graph.replay()
-        torch.testing.assert_close(out, kernels.linear(*_args(x, layer, topk), True),
+        torch.testing.assert_close(out, kernels.linear(*_native(x, layer, topk), True),
                                    rtol=0, atol=0)
 
-    compiled = torch.compile(lambda x: kernels.linear(*_args(x, layer, topk), True) + 1,
+    compiled = torch.compile(lambda x: kernels.linear(*_native(x, layer, topk), True) + 1,
                              fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 576, dtype=torch.bfloat16, device="cuda")
-    torch.testing.assert_close(compiled(x), kernels.linear(*_args(x, layer, topk), True) + 1,
+    torch.testing.assert_close(compiled(x), kernels.linear(*_native(x, layer, topk), True) + 1,
                                rtol=0, atol=0)
 
 
@@ -110,5 +118,20 @@ def test_native_op_opcheck(tokens):
     layer = _layer(576, (576, 192, 192), True)
     x = torch.randn(tokens, 576, dtype=torch.bfloat16, device="cuda")
     kernels.load()
-    torch.library.opcheck(torch.ops.wina_C.linear.default, _args(x, layer, True) + (True,),
+    torch.library.opcheck(torch.ops.wina_C.linear.default, _native(x, layer, True) + (True,),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@cuda
+@pytest.mark.gpu
+def test_native_op_refuses_a_weight_without_registered_counters():
+    """Sparse calls need the layer's counters; dense calls do not."""
+    layer = _layer(576, (576,), False)
+    packed, bias, thr, keep = layer
+    unregistered = packed.weight_t.clone()
+    args = (packed.scale, thr, packed.seg_ends, keep, False, MAX_SPARSE, True)
+    x = torch.randn(1, 576, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError, match="no counters registered"):
+        kernels.linear(x, unregistered, None, *args)
+    dense_x = torch.randn(8, 576, dtype=torch.bfloat16, device="cuda")
+    assert kernels.linear(dense_x, unregistered, None, *args).shape == (8, 576)

@@ -48,18 +48,27 @@ def load() -> None:
     torch.library.register_fake("wina_C::linear", _linear_fake)
 
 
-def _linear_fake(x, weight_t, bias, scale, thresholds, stats, workspace, seg_ends, keep, topk,
-                 max_sparse_batch, pdl):
+def _linear_fake(x, weight_t, bias, scale, thresholds, seg_ends, keep, topk, max_sparse_batch,
+                 pdl):
     return x.new_empty(x.shape[0], seg_ends[-1])
 
 
-def linear(x, weight_t, bias, col_scale, thresholds, stats, workspace, seg_ends, keep, topk,
-           max_sparse_batch, pdl) -> torch.Tensor:
+def linear(x, weight_t, bias, col_scale, thresholds, seg_ends, keep, topk, max_sparse_batch,
+           pdl) -> torch.Tensor:
     """``torch.ops.wina_C.linear``: the gated linear in C++ (csrc/linear_op.cpp), sparse for
     1..``max_sparse_batch`` tokens, else the tuned dense product. No Python runs inside
-    it, and its inputs are checked once per layer when it loads (``check_inputs``)."""
-    return torch.ops.wina_C.linear(x, weight_t, bias, col_scale, thresholds, stats, workspace,
-                                   seg_ends, keep, topk, max_sparse_batch, pdl)
+    it, and its inputs are checked once per layer when it loads (``check_inputs``); its
+    counters are the ones ``register_layer`` recorded for ``weight_t``, so the op mutates
+    none of its arguments (which keeps torch.compile from wrapping it)."""
+    return torch.ops.wina_C.linear(x, weight_t, bias, col_scale, thresholds, seg_ends, keep,
+                                   topk, max_sparse_batch, pdl)
+
+
+def register_layer(weight_t: torch.Tensor, stats: torch.Tensor,
+                   workspace: torch.Tensor) -> None:
+    """Give ``linear`` the counters of the layer whose weight is ``weight_t`` (at load)."""
+    load()
+    torch.ops.wina_C.register_layer(weight_t, stats, workspace)
 
 
 def set_dense_form(weight_t, seg_ends, tokens: int, has_bias: bool, form: str) -> None:

@@ -129,6 +129,7 @@ class WinaLinearMethod(LinearMethodBase):
                              layer.wina_seg_ends)
         if self.config.settings.mode == "topk":
             kernels.check_keep(layer.wina_keep, len(layer.wina_seg_ends), wt.shape[0], wt.device)
+        kernels.register_layer(wt, layer.wina_stats, layer.wina_workspace)
         return True
 
     def _tune_dense_path(self, layer: torch.nn.Module, packed) -> None:
@@ -156,11 +157,14 @@ class WinaLinearMethod(LinearMethodBase):
               bias: torch.Tensor | None = None) -> torch.Tensor:
         settings = self.config.settings
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        args = (x2, layer.weight, bias, layer.wina_scale, layer.wina_thresholds,
-                layer.wina_stats, layer.wina_workspace, layer.wina_seg_ends, layer.wina_keep,
-                settings.mode == "topk", settings.max_sparse_batch)
+        topk = settings.mode == "topk"
         if layer.wina_native:
-            y = kernels.linear(*args, layer.wina_pdl)
+            y = kernels.linear(x2, layer.weight, bias, layer.wina_scale, layer.wina_thresholds,
+                               layer.wina_seg_ends, layer.wina_keep, topk,
+                               settings.max_sparse_batch, layer.wina_pdl)
         else:
-            y = torch.ops.wina.sparse_linear(*args, settings.prefill == "sparse")
+            y = torch.ops.wina.sparse_linear(
+                x2, layer.weight, bias, layer.wina_scale, layer.wina_thresholds,
+                layer.wina_stats, layer.wina_workspace, layer.wina_seg_ends, layer.wina_keep,
+                topk, settings.max_sparse_batch, settings.prefill == "sparse")
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])

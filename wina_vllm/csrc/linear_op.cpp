@@ -14,6 +14,14 @@
 //
 // Inputs are checked once, in Python, when the layer loads (kernels.check_inputs): the
 // tensors and lists are the layer's own and only x changes between calls.
+//
+// The kernels' realized-sparsity counters and arrival counters are not arguments: the
+// layer registers them once (register_layer, keyed by its weight's address), so the op
+// mutates none of its inputs. Declared mutations make torch.compile functionalize the op
+// and wrap every compiled piece with an input-mutation prologue: under vLLM's default
+// Inductor setup that cost about 2 ms of host time on an eager Llama-3-8B step
+// (benchmarks/RESULTS.md, section 3). The counters are read only outside the graph
+// (metrics), and the arrival counters return to zero after every call.
 #include "ops.h"
 
 #include <ATen/ATen.h>
@@ -24,6 +32,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 namespace wina {
@@ -115,30 +124,58 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight_t,
   return bias.has_value() ? at::addmm(*bias, x, w) : at::mm(x, w);
 }
 
+// A gated layer's counters: realized sparsity (stats) and split-K arrivals (workspace).
+struct LayerCounters {
+  at::Tensor stats, workspace;
+};
+
+std::mutex layers_mutex;
+std::unordered_map<const void*, LayerCounters>& layers() {
+  static auto* m = new std::unordered_map<const void*, LayerCounters>();  // outlives CUDA
+  return *m;
+}
+
+// Called when a layer loads (wina_vllm/linear.py); a later layer at the same address
+// replaces an earlier one's entry.
+void register_layer(const at::Tensor& weight_t, const at::Tensor& stats,
+                    const at::Tensor& workspace) {
+  std::lock_guard<std::mutex> lock(layers_mutex);
+  layers()[weight_t.data_ptr()] = LayerCounters{stats, workspace};
+}
+
+LayerCounters counters_of(const at::Tensor& weight_t) {
+  std::lock_guard<std::mutex> lock(layers_mutex);
+  auto it = layers().find(weight_t.data_ptr());
+  TORCH_CHECK(it != layers().end(), "wina_C.linear: no counters registered for the weight at ",
+              weight_t.data_ptr(), "; call kernels.register_layer when the layer loads");
+  return it->second;
+}
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight_t,
                   const c10::optional<at::Tensor>& bias, const at::Tensor& scale,
-                  const at::Tensor& thresholds, at::Tensor& stats, at::Tensor& workspace,
-                  c10::IntArrayRef seg_ends, c10::IntArrayRef keep, bool topk,
-                  int64_t max_sparse_batch, bool pdl) {
+                  const at::Tensor& thresholds, c10::IntArrayRef seg_ends,
+                  c10::IntArrayRef keep, bool topk, int64_t max_sparse_batch, bool pdl) {
   const int64_t m = x.size(0);
   if (m == 0 || m > max_sparse_batch) return dense(x, weight_t, bias, seg_ends);
+  LayerCounters c = counters_of(weight_t);
   const at::Tensor xc = x.contiguous();
   const at::Tensor thr = topk ? topk_thresholds(xc, scale, keep, pdl) : thresholds;
-  return sparse_gemv(xc, weight_t, bias, scale, thr, topk, stats, workspace, seg_ends, pdl);
+  return sparse_gemv(xc, weight_t, bias, scale, thr, topk, c.stats, c.workspace, seg_ends, pdl);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(wina_C, m) {
   m.def("linear(Tensor x, Tensor weight_t, Tensor? bias, Tensor scale, Tensor thresholds, "
-        "Tensor(a!) stats, Tensor(b!) workspace, int[] seg_ends, int[] keep, bool topk, "
-        "int max_sparse_batch, bool pdl) -> Tensor");
+        "int[] seg_ends, int[] keep, bool topk, int max_sparse_batch, bool pdl) -> Tensor");
+  m.def("register_layer(Tensor weight_t, Tensor stats, Tensor workspace) -> ()");
   m.def("set_dense_form(Tensor weight_t, int[] seg_ends, int tokens, bool has_bias, str form) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(wina_C, CUDA, m) {
   m.impl("linear", &linear);
   m.impl("set_dense_form", &set_dense_form);
+  m.impl("register_layer", &register_layer);
 }
 
 }  // namespace wina
