@@ -124,14 +124,15 @@ def test_native_op_opcheck(tokens):
 
 @cuda
 @pytest.mark.gpu
-def test_native_op_refuses_a_weight_without_registered_counters():
-    """Sparse calls need the layer's counters; dense calls do not."""
+def test_native_op_runs_an_unregistered_weight_with_scratch_counters():
+    """A copy of a layer's weight (nobody registered it) gives the same output and leaves
+    the layer's counters alone."""
     layer = _layer(576, (576,), False)
-    packed, bias, thr, keep = layer
-    unregistered = packed.weight_t.clone()
-    args = (packed.scale, thr, packed.seg_ends, keep, False, MAX_SPARSE, True)
+    packed = layer[0]
+    copy = packed.weight_t.clone()
     x = torch.randn(1, 576, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="no counters registered"):
-        kernels.linear(x, unregistered, None, *args)
-    dense_x = torch.randn(8, 576, dtype=torch.bfloat16, device="cuda")
-    assert kernels.linear(dense_x, unregistered, None, *args).shape == (8, 576)
+    want = kernels.linear(*_native(x, layer, False), True)
+    before = packed.stats.clone()
+    got = kernels.linear(x, copy, *_native(x, layer, False)[2:], True)
+    assert torch.equal(got, want)
+    assert torch.equal(packed.stats, before)

@@ -143,12 +143,25 @@ void register_layer(const at::Tensor& weight_t, const at::Tensor& stats,
   layers()[weight_t.data_ptr()] = LayerCounters{stats, workspace};
 }
 
-LayerCounters counters_of(const at::Tensor& weight_t) {
-  std::lock_guard<std::mutex> lock(layers_mutex);
-  auto it = layers().find(weight_t.data_ptr());
-  TORCH_CHECK(it != layers().end(), "wina_C.linear: no counters registered for the weight at ",
-              weight_t.data_ptr(), "; call kernels.register_layer when the layer loads");
-  return it->second;
+// The registered counters of this weight. A weight nobody registered (a copy, as
+// opcheck makes) runs with scratch counters: the call works and its realized sparsity goes
+// uncounted. (Not an error: the extension's TORCH_CHECKs crash the process on the H200
+// machines instead of raising, kernels.check_inputs.)
+LayerCounters counters_of(const at::Tensor& weight_t, c10::IntArrayRef seg_ends) {
+  {
+    std::lock_guard<std::mutex> lock(layers_mutex);
+    auto it = layers().find(weight_t.data_ptr());
+    if (it != layers().end()) return it->second;
+  }
+  int64_t groups = 0, start = 0;  // one arrival counter per 8 output columns (ops.workspace_size)
+  for (const int64_t end : seg_ends) {
+    groups += (end - start / 8 * 8 + 7) / 8;
+    start = end;
+  }
+  const auto options = weight_t.options();
+  return LayerCounters{at::zeros({static_cast<int64_t>(seg_ends.size()), 2},
+                                 options.dtype(at::kLong)),
+                       at::zeros({groups}, options.dtype(at::kInt))};
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight_t,
@@ -157,7 +170,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight_t,
                   c10::IntArrayRef keep, bool topk, int64_t max_sparse_batch, bool pdl) {
   const int64_t m = x.size(0);
   if (m == 0 || m > max_sparse_batch) return dense(x, weight_t, bias, seg_ends);
-  LayerCounters c = counters_of(weight_t);
+  LayerCounters c = counters_of(weight_t, seg_ends);
   const at::Tensor xc = x.contiguous();
   const at::Tensor thr = topk ? topk_thresholds(xc, scale, keep, pdl) : thresholds;
   return sparse_gemv(xc, weight_t, bias, scale, thr, topk, c.stats, c.workspace, seg_ends, pdl);
