@@ -51,14 +51,38 @@ def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
     return [ids[i * length:(i + 1) * length] for i in range(n)]
 
 
-def reference_ppl(model, wins, gates: list[dict] | None) -> float:
-    nll, count = 0.0, 0
+def reference_nll(model, wins, gates: list[dict] | None) -> list[float]:
+    """Mean next-token NLL of each window (the windows have equal lengths)."""
+    out = []
     with torch.no_grad(), gated(model, gates):
         for w in wins:
             logits = model(input_ids=w.unsqueeze(0)).logits[0, :-1].float()
-            nll += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
-            count += w.numel() - 1
-    return math.exp(nll / count)
+            out.append(float(torch.nn.functional.cross_entropy(logits, w[1:])))
+    return out
+
+
+def reference_ppl(model, wins, gates: list[dict] | None) -> float:
+    nll = reference_nll(model, wins, gates)
+    return math.exp(sum(nll) / len(nll))
+
+
+def paired_ratio(nll_a: list[float], nll_b: list[float], draws: int = 10_000,
+                 seed: int = 0) -> tuple[float, float, float, float]:
+    """Perplexity ratio a / b over the same windows, with a 95% paired-bootstrap interval
+    (windows resampled with replacement) and the fraction of windows where a is lower.
+
+    Two methods 0.5% apart on 32 windows may differ by window sampling alone; the interval
+    says whether the data can tell them apart."""
+    a, b = torch.tensor(nll_a, dtype=torch.float64), torch.tensor(nll_b, dtype=torch.float64)
+    if a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"paired_ratio: {a.numel()} and {b.numel()} windows; expected the "
+                         "same non-zero number")
+    diff = a - b
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, diff.numel(), (draws, diff.numel()), generator=gen)
+    boot = diff[idx].mean(dim=1).exp()
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return math.exp(float(diff.mean())), lo, hi, float((diff < 0).double().mean())
 
 
 MODES = ("topk", "topk-greedy", "thr", "thr-greedy")  # the names' middle parts
@@ -95,8 +119,9 @@ def main() -> None:
     add_window_args(ap)
     ap.add_argument("--vllm", choices=["all", "subset", "none"], default="subset",
                     help="which configurations also run through vLLM")
-    ap.add_argument("--only", default="",
-                    help="run only the configurations whose name contains this (and dense)")
+    ap.add_argument("--only", nargs="+", default=[""],
+                    help="run only the configurations whose name contains one of these (and "
+                    "dense)")
     ap.add_argument("--calibration-dir", type=Path,
                     help="reuse the calibration files there (default: OUT/calibration)")
     args = ap.parse_args()
@@ -115,13 +140,14 @@ def main() -> None:
     wins = windows(tok, text, args.windows, args.window_tokens)
     rows = []
     for cfg in configs(cal_dir):
-        if args.only not in cfg["name"] and cfg["mode"] != "dense":
+        if not any(o in cfg["name"] for o in args.only) and cfg["mode"] != "dense":
             continue
         cal = cf.load(cfg["calibration"]) if "calibration" in cfg else None
         gates = None if cfg["mode"] == "dense" else make_gates(
             model, cfg["criterion"], cfg["sparsity"], cal, topk=cfg["mode"] == "topk")
         t = time.time()
-        row = dict(cfg, reference_ppl=reference_ppl(model, wins, gates))
+        nll = reference_nll(model, wins, gates)
+        row = dict(cfg, reference_ppl=math.exp(sum(nll) / len(nll)), window_nll=nll)
         if cal is not None:
             row["calibrated_sparsity"] = float(cal.sparsity.mean())
         subset = cfg["mode"] != "threshold" or (cfg["sparsity"] == 0.5)
@@ -134,7 +160,7 @@ def main() -> None:
             row["vllm_ppl"] = r["perplexity"]
             row["vllm_realized_sparsity"] = r.get("realized_sparsity")
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "calibration"}),
+        print(json.dumps({k: v for k, v in row.items() if k not in ("calibration", "window_nll")}),
               f"({time.time() - t:.0f} s)", flush=True)
         (args.out / "accuracy.json").write_text(json.dumps(rows, indent=1))
     write_report(rows, args.out)
@@ -165,6 +191,17 @@ def write_report(rows: list[dict], out: Path) -> None:
                 w = ppl.get(f"{c}-{mode}-{s}")
                 cells += ["-", "-"] if w is None else [f"{w:.3f}", "yes" if w <= t else "no"]
             lines.append(f"| {mode} | {s} | {t:.3f} | " + " | ".join(cells) + " |")
+    nll = {r["name"]: r["window_nll"] for r in rows if "window_nll" in r}
+    pairs = [(c, mode, s) for c in CRITERIA[1:] for mode in MODES for s in SPARSITIES
+             if f"{c}-{mode}-{s}" in nll and f"teal-{mode}-{s}" in nll]
+    if pairs:
+        lines += ["", "Paired over the windows: perplexity ratio to TEAL, 95% bootstrap "
+                  "interval, and the windows where the criterion is lower:", "",
+                  "| criterion | mode | sparsity | ratio | 95% interval | windows lower |",
+                  "|---|---|---|---|---|---|"]
+        for c, mode, s in pairs:
+            r, lo, hi, frac = paired_ratio(nll[f"{c}-{mode}-{s}"], nll[f"teal-{mode}-{s}"])
+            lines.append(f"| {c} | {mode} | {s} | {r:.4f} | {lo:.4f}-{hi:.4f} | {frac:.0%} |")
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib

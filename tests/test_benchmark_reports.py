@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,3 +27,18 @@ def test_load_test_needs_settings_to_run():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/load_test.py")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--wina is required" in proc.stderr
+
+
+def test_paired_ratio_tells_a_real_gap_from_window_noise():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import paired_ratio
+
+    base = [3.0 + 0.5 * (i % 7) for i in range(32)]  # windows differ far more than methods
+    better = [v - 0.01 for v in base]  # lower on every window: exp(-0.01) = 0.990
+    ratio, lo, hi, frac = paired_ratio(better, base)
+    assert abs(ratio - 0.99005) < 1e-4 and hi < 1.0 and frac == 1.0
+    noisy = [v + (0.02 if i % 2 else -0.018) for i, v in enumerate(base)]  # +0.001 on average
+    ratio, lo, hi, frac = paired_ratio(noisy, base)
+    assert lo < 1.0 < hi and frac == 0.5
+    with pytest.raises(ValueError, match="32 and 31 windows"):
+        paired_ratio(base, base[1:])
