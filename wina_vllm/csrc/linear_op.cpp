@@ -144,23 +144,26 @@ void register_layer(const at::Tensor& weight_t, const at::Tensor& stats,
 }
 
 // The registered counters of this weight. A weight nobody registered (a copy, as
-// opcheck makes) runs with scratch counters: the call works and its realized sparsity goes
+// opcheck makes), or whose address held another layer's weight before (an entry of the
+// wrong sizes), runs with scratch counters: the call works and its realized sparsity goes
 // uncounted. (Not an error: the extension's TORCH_CHECKs crash the process on the H200
 // machines instead of raising, kernels.check_inputs.)
 LayerCounters counters_of(const at::Tensor& weight_t, c10::IntArrayRef seg_ends) {
-  {
-    std::lock_guard<std::mutex> lock(layers_mutex);
-    auto it = layers().find(weight_t.data_ptr());
-    if (it != layers().end()) return it->second;
-  }
   int64_t groups = 0, start = 0;  // one arrival counter per 8 output columns (ops.workspace_size)
   for (const int64_t end : seg_ends) {
     groups += (end - start / 8 * 8 + 7) / 8;
     start = end;
   }
+  const int64_t segments = static_cast<int64_t>(seg_ends.size());
+  {
+    std::lock_guard<std::mutex> lock(layers_mutex);
+    auto it = layers().find(weight_t.data_ptr());
+    if (it != layers().end() && it->second.stats.numel() == 2 * segments &&
+        it->second.workspace.numel() >= groups)
+      return it->second;
+  }
   const auto options = weight_t.options();
-  return LayerCounters{at::zeros({static_cast<int64_t>(seg_ends.size()), 2},
-                                 options.dtype(at::kLong)),
+  return LayerCounters{at::zeros({segments, 2}, options.dtype(at::kLong)),
                        at::zeros({groups}, options.dtype(at::kInt))};
 }
 
