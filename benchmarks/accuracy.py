@@ -61,9 +61,13 @@ def reference_nll(model, wins, gates: list[dict] | None) -> list[float]:
     return out
 
 
+def perplexity(window_nll: list[float]) -> float:
+    """Perplexity of equal-length windows from their mean NLLs."""
+    return math.exp(sum(window_nll) / len(window_nll))
+
+
 def reference_ppl(model, wins, gates: list[dict] | None) -> float:
-    nll = reference_nll(model, wins, gates)
-    return math.exp(sum(nll) / len(nll))
+    return perplexity(reference_nll(model, wins, gates))
 
 
 def paired_ratio(nll_a: list[float], nll_b: list[float], draws: int = 10_000,
@@ -147,7 +151,7 @@ def main() -> None:
             model, cfg["criterion"], cfg["sparsity"], cal, topk=cfg["mode"] == "topk")
         t = time.time()
         nll = reference_nll(model, wins, gates)
-        row = dict(cfg, reference_ppl=math.exp(sum(nll) / len(nll)), window_nll=nll)
+        row = dict(cfg, reference_ppl=perplexity(nll), window_nll=nll)
         if cal is not None:
             row["calibrated_sparsity"] = float(cal.sparsity.mean())
         subset = cfg["mode"] != "threshold" or (cfg["sparsity"] == 0.5)
