@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import requires_vllm
+
 from wina_vllm.settings import PROJECTIONS, parse_settings
 
 
@@ -95,6 +97,7 @@ def _config_hash(wina: dict, monkeypatch, native: str) -> tuple[str, dict]:
     return vllm_config.compute_hash(), vllm_config.additional_config[config.COMPILE_FACTORS_KEY]
 
 
+@requires_vllm
 def test_compile_cache_key_covers_op_choice_and_calibration_contents(tmp_path, monkeypatch):
     """A graph traced with the C++ op, or with another file's kept counts, must not be
     reused: both reach vLLM's compile-cache key through the recorded factors."""
