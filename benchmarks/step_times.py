@@ -7,6 +7,8 @@ kind on an in-process engine (``LLMEngine.add_request`` / ``step``, synchronous)
 
 - ``prefill_200``: one 200-token prompt alone (concurrency 1's first token);
 - ``prefill_600``: three 200-token prompts in one step;
+- ``prefill_3200``: sixteen 200-token prompts in one step (a wave of new requests at
+  high concurrency: the GPU-bound end of prefill);
 - ``mixed_601``: three 200-token prompts joining one request that is decoding;
 - ``decode_1``: one decode step of one request (a CUDA-graph replay on the GPU).
 
@@ -98,8 +100,8 @@ def run_variant(args, name: str) -> dict:
         if kind == "prefill_200":
             add(200, 1)
             t = timed_step()
-        elif kind == "prefill_600":
-            for _ in range(3):
+        elif kind in ("prefill_600", "prefill_3200"):
+            for _ in range(int(kind.split("_")[1]) // 200):
                 add(200, 1)
             t = timed_step()
         elif kind == "mixed_601":
@@ -119,7 +121,7 @@ def run_variant(args, name: str) -> dict:
         drain()
         return t
 
-    kinds = ["prefill_200", "prefill_600", "mixed_601", "decode_1"]
+    kinds = ["prefill_200", "prefill_600", "prefill_3200", "mixed_601", "decode_1"]
     for kind in kinds:  # warm-up: first calls at each shape (cuBLAS heuristics, allocator)
         scenario(kind)
     times = {k: [] for k in kinds}
