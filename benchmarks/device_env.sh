@@ -4,6 +4,11 @@
 # call carried to /root (the machine keeps them while warm), installs vLLM 0.26 from the
 # kit once all parts are there, registers the plugin's entry point for that vLLM, and
 # sets the build and Python paths. Safe to source again on a warm machine.
+# A call carries at most 64 MiB (this tree, about 6.5 MB, plus one part): when the kit's
+# 60 MiB parts no longer fit beside the tree, re-split its archive into 50 MiB parts
+# (install.sh checks only the archive's sum):
+#   cd .gpu && rm parts/part-0? && split -b 50M -d -a 2 build/vllm-bundle.tar.zst parts/part- \
+#     && { grep vllm-bundle parts/SHA256SUMS; (cd parts && sha256sum part-0?); } > s && mv s parts/SHA256SUMS
 mkdir -p /root/gpustage /root/smol
 for f in .gpu/parts/part-0? .gpu/parts/SHA256SUMS; do [ -f "$f" ] && cp "$f" /root/gpustage/; done
 for f in .smol/*; do [ -e "$f" ] && cp -r "$f" /root/smol/; done
