@@ -9,7 +9,11 @@ Timed: ``wina::sparse_linear`` (the Python op) on its dense path; on CUDA also
 (16 tokens) and on its sparse path (1 token: gate + GEMV kernel launch, in threshold and
 top-k mode).
 
-Usage: python benchmarks/op_overhead.py [--device cpu|cuda] [--json FILE]
+With ``--compile``, each call is a ``torch.compile``'d function (Inductor), as vLLM's
+default compilation runs the linears of steps it does not replay from CUDA graphs: the
+op is then called from Inductor's generated code, next to ``F.linear`` called the same way.
+
+Usage: python benchmarks/op_overhead.py [--device cpu|cuda] [--compile] [--json FILE]
 """
 
 from __future__ import annotations
@@ -72,17 +76,22 @@ def calls(dev: torch.device) -> dict[str, callable]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true", help="time torch.compile'd calls")
     ap.add_argument("--json", type=Path, help="also write the times here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = {name: per_call_us(fn, sync=sync) for name, fn in calls(dev).items()}
+    fns = calls(dev)
+    if args.compile:
+        fns = {name: torch.compile(fn, fullgraph=True) for name, fn in fns.items()}
+    times = {name: per_call_us(fn, sync=sync) for name, fn in fns.items()}
     for name, us in times.items():
         print(f"{args.device}: {name:45s} {us:7.1f} us/call  ({us - times['torch.mm']:+.1f} "
               "vs torch.mm)")
     if args.json:
-        args.json.write_text(json.dumps({"device": args.device, "us_per_call": times}, indent=1))
+        args.json.write_text(json.dumps({"device": args.device, "compiled": args.compile,
+                                         "us_per_call": times}, indent=1))
 
 
 if __name__ == "__main__":
