@@ -42,3 +42,17 @@ def test_paired_ratio_tells_a_real_gap_from_window_noise():
     assert lo < 1.0 < hi and frac == 0.5
     with pytest.raises(ValueError, match="32 and 31 windows"):
         paired_ratio(base, base[1:])
+
+
+def test_op_overhead_times_calls_that_compute_the_same_product():
+    """Every call op_overhead.py times computes x @ W^T on its shape (the C++ op's calls on
+    CUDA too), so the timings compare like with like."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from op_overhead import calls
+
+    outs = {name: fn() for name, fn in calls(torch.device("cpu")).items()}
+    assert {"torch.mm", "F.linear"} <= set(outs) and len(outs) >= 3
+    want = outs["torch.mm"]
+    for name, out in outs.items():
+        assert out.shape == want.shape and torch.allclose(out, want, atol=1e-4), name
