@@ -48,6 +48,9 @@ def add_window_args(ap: argparse.ArgumentParser) -> None:
 
 def windows(tok, text: str, n: int, length: int) -> list[torch.Tensor]:
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if n * length > len(ids):
+        raise ValueError(f"--windows {n} of {length} tokens: the evaluation text has "
+                         f"{len(ids)} tokens, room for at most {len(ids) // length}")
     return [ids[i * length:(i + 1) * length] for i in range(n)]
 
 

@@ -56,3 +56,19 @@ def test_op_overhead_times_calls_that_compute_the_same_product():
     want = outs["torch.mm"]
     for name, out in outs.items():
         assert out.shape == want.shape and torch.allclose(out, want, atol=1e-4), name
+
+
+def test_accuracy_windows_refuse_more_than_the_text_holds():
+    """Windows past the end of the text would be short or empty and skew the perplexity."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from accuracy import windows
+
+    class Tok:  # one token per character
+        def __call__(self, text, add_special_tokens, return_tensors):
+            return type("Enc", (), {"input_ids": torch.tensor([[ord(c) for c in text]])})
+
+    assert [w.tolist() for w in windows(Tok(), "abcdefgh", 2, 4)] == [
+        [97, 98, 99, 100], [101, 102, 103, 104]]
+    with pytest.raises(ValueError, match="room for at most 2"):
+        windows(Tok(), "abcdefgh", 3, 4)
