@@ -3,7 +3,8 @@
 The load tests (RESULTS.md section 3) show WINA's time to first token equal to dense at
 concurrency 1 but higher at concurrency 4, where new prompts are prefilled in steps
 that also carry other requests' decode tokens. This times single engine steps of each
-kind on an in-process engine (``LLMEngine.add_request`` / ``step``, synchronous):
+kind on an in-process engine (``LLMEngine.add_request`` / ``step``, timed to the end of its
+GPU work):
 
 - ``prefill_200``: one 200-token prompt alone (concurrency 1's first token);
 - ``prefill_600``: three 200-token prompts in one step;
@@ -86,9 +87,16 @@ def run_variant(args, name: str) -> dict:
         engine.add_request(f"r{next(counter)}", {"prompt_token_ids": ids},
                            SamplingParams(max_tokens=max_tokens, ignore_eos=True))
 
+    sync = (lambda: None) if args.cpu else torch.cuda.synchronize
+
     def timed_step() -> float:
+        # vLLM schedules asynchronously: step() can return while the step's kernels still
+        # run (a 3200-token step timed 24-27 ms without this, for ~66 ms of linears), so
+        # the time ends when the GPU is done (the engine runs in this process).
+        sync()
         start = time.perf_counter()
         engine.step()
+        sync()
         return time.perf_counter() - start
 
     def drain() -> None:
