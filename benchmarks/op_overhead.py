@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def per_call_us(fn, calls: int = 500, rounds: int = 20, sync=lambda: None) -> fl
     return statistics.median(times)
 
 
-def calls(dev: torch.device) -> dict[str, callable]:
+def calls(dev: torch.device) -> dict[str, Callable[[], torch.Tensor]]:
     """The timed calls, by name; the first two are the baselines."""
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     weight = torch.randn(64, 64, device=dev, dtype=dtype)
