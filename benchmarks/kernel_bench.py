@@ -8,6 +8,8 @@ the same shapes. Effective bandwidth counts the bytes actually read: the rows an
 token keeps, times the row length. Writes JSON, a markdown table and a PNG.
 
 Usage: python benchmarks/kernel_bench.py --out benchmarks/results [--models llama3-8b]
+       python benchmarks/kernel_bench.py --out DIR --quick   (threshold mode vs cuBLAS only,
+           M = 1 and 2 at 0 / 0.5 / 0.65: an A/B of two builds in a few seconds each)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
 
 TOKENS = [1, 2, 4, 8]
 SPARSITIES = [0.0, 0.25, 0.5, 0.65, 0.8]
+QUICK_TOKENS, QUICK_SPARSITIES = [1, 2], [0.0, 0.5, 0.65]
 ROT_BYTES = 512 << 20  # weight bytes cycled through per graph (L2 is 60 MB)
 
 
@@ -64,17 +67,18 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * a.element_size() / (t * 1e-6)
 
 
-def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) -> list[dict]:
+def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float,
+                quick: bool = False) -> list[dict]:
     n = sum(segments)
     copies = max(2, -(-ROT_BYTES // (n * k * 2)))
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
     packs = [pack_linear(w, segments, "wina") for w in weights]
-    teal_packs = [pack_linear(w, segments, "teal") for w in weights]
+    teal_packs = [] if quick else [pack_linear(w, segments, "teal") for w in weights]
     rows = []
-    for m in TOKENS:
+    for m in QUICK_TOKENS if quick else TOKENS:
         xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(copies)]
         dense_us = graph_time_us([lambda w=w, x=x: F.linear(x, w) for w, x in zip(weights, xs)])
-        for sparsity in SPARSITIES:
+        for sparsity in QUICK_SPARSITIES if quick else SPARSITIES:
             keep = gate.keep_counts(k, [sparsity] * len(segments))
             # Per-layer thresholds from other random tokens, as calibration would set them.
             sample = torch.randn(256, k, device="cuda", dtype=dtype)
@@ -91,9 +95,10 @@ def bench_layer(name: str, k: int, segments: tuple[int, ...], dtype, bw: float) 
                     keep, topk, pdl) for p, x in zip(packs, xs)]
 
             t_thr = graph_time_us(ours(False))
-            t_thr_plain = graph_time_us(ours(False, pdl=False))
-            t_topk = graph_time_us(ours(True))
-            t_teal = min(graph_time_us([lambda p=p, x=x, c=c: teal_sparse_gemv(
+            nan = float("nan")  # --quick times threshold mode and cuBLAS only
+            t_thr_plain = nan if quick else graph_time_us(ours(False, pdl=False))
+            t_topk = nan if quick else graph_time_us(ours(True))
+            t_teal = nan if quick else min(graph_time_us([lambda p=p, x=x, c=c: teal_sparse_gemv(
                 x, p.weight_t, n, thr_teal, c) for p, x in zip(teal_packs, xs)])
                 for c in CONFIGS)
             active_bytes = union * packs[0].weight_t.shape[1] * 2
@@ -183,6 +188,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--models", nargs="+", default=["llama3-8b"])
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--quick", action="store_true",
+                    help="threshold mode and cuBLAS only, M = 1 and 2, sparsity 0 / 0.5 / 0.65")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
@@ -193,8 +200,9 @@ def main() -> None:
     points = []
     for model in args.models:
         for layer, (k, segments) in LAYER_SHAPES[model].items():
-            points += bench_layer(f"{model}/{layer}", k, segments, dtype, bw)
-    dense_path = bench_dense_path(4096, 4096, dtype) + bench_dense_path(4096, 28672, dtype)
+            points += bench_layer(f"{model}/{layer}", k, segments, dtype, bw, args.quick)
+    dense_path = [] if args.quick else (bench_dense_path(4096, 4096, dtype) +
+                                        bench_dense_path(4096, 28672, dtype))
     result = dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
                   torch=torch.__version__, copy_bw_tbs=bw / 1e12, points=points,
                   dense_path=dense_path)
