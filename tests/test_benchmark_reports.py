@@ -72,3 +72,31 @@ def test_accuracy_windows_refuse_more_than_the_text_holds():
         [97, 98, 99, 100], [101, 102, 103, 104]]
     with pytest.raises(ValueError, match="room for at most 2"):
         windows(Tok(), "abcdefgh", 3, 4)
+
+
+def _kernel_points(times: list[float]) -> dict:
+    return {"points": [{"layer": "llama3-8b/o", "M": 1, "sparsity": s, "dense_us": 12.0,
+                        "wina_threshold_us": t} for s, t in zip((0.0, 0.5), times)]}
+
+
+def test_kernel_ab_tables_medians_per_tree_and_ratio_to_the_first(tmp_path):
+    runs = {"main-1": [12.0, 8.0], "main-2": [12.4, 8.6], "main-3": [11.8, 8.2],
+            "exp-1": [12.0, 7.0], "exp-2": [13.0, 7.2], "exp-3": [12.2, 9.9]}
+    for name, times in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kernel_bench.json").write_text(json.dumps(_kernel_points(times)))
+    (tmp_path / "trees.json").write_text(json.dumps(["main", "exp"]))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/kernel_ab.py"), "--compare",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split("|")[1:-1] for ln in proc.stdout.splitlines()[2:]]
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["o", "1", "0.00", "12.00", "12.00", "12.20", f"{12.2 / 12.0:.3f}"],
+        ["o", "1", "0.50", "12.00", "8.20", "7.20", f"{7.2 / 8.2:.3f}"]]
+
+
+def test_kernel_ab_refuses_a_tree_without_the_package(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/kernel_ab.py"), "--out",
+                           str(tmp_path / "o"), "main=.", f"exp={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "exp=" in proc.stderr and "wina_vllm" in proc.stderr
