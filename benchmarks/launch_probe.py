@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 from torch.utils.cpp_extension import load_inline
+
+from kernel_bench import graph_time_us  # this directory: the kernel benchmark's timing
 
 SOURCE = r"""
 #include <torch/extension.h>
@@ -53,26 +54,6 @@ CONFIGS = [  # (name, blocks, threads)
 ]
 
 
-def graph_us(fn, calls: int = 50, reps: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    for _ in range(3):
-        g.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json")
@@ -86,7 +67,7 @@ def main() -> None:
     for name, blocks, threads in CONFIGS:
         blocks = blocks * sms // 132  # the same per-SM shape on another GPU
         for sum_ in (False, True):
-            us = graph_us(lambda: mod.probe(out, blocks, threads, 9216, sum_))
+            us = graph_time_us([lambda: mod.probe(out, blocks, threads, 9216, sum_)] * 50)
             rows.append(dict(config=name, blocks=blocks, threads=threads, in_block_sum=sum_,
                              us=us))
             print(f"{name:36s} sum={int(sum_)}  {us:6.2f} us", flush=True)
