@@ -6,7 +6,7 @@ kernels. This times kernels that do nothing but (optionally) the in-block sum's 
 memory round, at the shipped grid (one wave of 256-thread blocks, 4 per SM) and at the
 same warps in fewer, larger blocks, to see how much of that is the number of blocks.
 
-Usage: python benchmarks/launch_probe.py [--json FILE]   (CUDA only)
+Usage: PYTHONPATH=. python benchmarks/launch_probe.py [--json FILE]   (CUDA only)
 """
 
 from __future__ import annotations
