@@ -100,3 +100,24 @@ def test_kernel_ab_refuses_a_tree_without_the_package(tmp_path):
                            str(tmp_path / "o"), "main=.", f"exp={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "exp=" in proc.stderr and "wina_vllm" in proc.stderr
+
+
+def test_transform_error_gating_error_matches_hand_computed_cases():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from transform_error import gating_error
+
+    x = torch.tensor([[3.0, -1.0, 0.5, 2.0]], dtype=torch.float64)
+    # Orthogonal columns of equal norm: the error is the dropped share of |x|, and the
+    # kept energy that of the two largest |x_i| (3 and 2).
+    err, energy = gating_error(x, 2 * torch.eye(4, dtype=torch.float64), 0.5,
+                               torch.ones(4, dtype=torch.float64))
+    total = 9 + 1 + 0.25 + 4
+    assert abs(energy - 13 / total) < 1e-12 and abs(err - (1.25 / total) ** 0.5) < 1e-12
+    # One column 10x longer: |x| alone drops its channel, |x| * norm keeps it, and the
+    # output error falls accordingly.
+    w = torch.eye(4, dtype=torch.float64)
+    w[2, 2] = 10.0
+    teal, _ = gating_error(x, w, 0.5, torch.ones(4, dtype=torch.float64))
+    wina, _ = gating_error(x, w, 0.5, w.norm(dim=0))
+    assert wina < 0.5 * teal

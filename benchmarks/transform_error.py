@@ -1,0 +1,112 @@
+"""Why the transform does not pay: one projection's output error from gating, with and without it.
+
+The transform makes the gated matrices' columns orthogonal, where WINA's criterion is the
+one that minimizes a projection's output error for a given number of kept channels (the
+paper's bound). This measures, on SmolLM2-135M (real weights) and the project's calibration
+text (never the evaluation text), for every decoder layer and projection, on the dense
+model's own inputs (no error carried between layers):
+
+- ``err``: ||W (x - x_kept)|| / ||W x||, the relative output error of top-k gating at a
+  sparsity, for TEAL's and WINA's criterion (every projection scored by its own);
+- ``energy``: ||x_kept||^2 / ||x||^2 under TEAL's criterion, how much of the input's energy
+  the largest half (etc.) of its channels carries.
+
+Means over tokens, then over layers and projections. Run for the untransformed model and
+each transform variant (wina_vllm.transform), whose checkpoints are made under artifacts/
+when missing.
+
+Usage: python benchmarks/transform_error.py [--out benchmarks/results/transform_error]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+from get_smollm2 import fetch  # noqa: E402
+
+from wina_vllm.calibrate import HF_MODULES, load_hf_model  # noqa: E402
+from wina_vllm.reference import decoder_layers  # noqa: E402
+from wina_vllm.text import stdlib_prose  # noqa: E402
+from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint  # noqa: E402
+
+SPARSITIES = (0.25, 0.5, 0.65)
+
+
+def gating_error(x: torch.Tensor, w: torch.Tensor, sparsity: float, scale: torch.Tensor
+                 ) -> tuple[float, float]:
+    """Mean over tokens of the relative output error and the kept energy, top-k of |x|*scale."""
+    keep = round((1.0 - sparsity) * x.shape[1])
+    idx = (x.abs() * scale).topk(keep, dim=1).indices
+    kept = torch.zeros_like(x).scatter_(1, idx, x.gather(1, idx))
+    y = x @ w.T
+    err = ((x - kept) @ w.T).norm(dim=1) / y.norm(dim=1).clamp_min(1e-30)
+    energy = kept.pow(2).sum(1) / x.pow(2).sum(1).clamp_min(1e-30)
+    return float(err.mean()), float(energy.mean())
+
+
+def measure(model, ids: torch.Tensor) -> dict:
+    """{criterion: {sparsity: err}} and TEAL's kept energy, averaged over layers/projections."""
+    inputs: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for i, layer in enumerate(decoder_layers(model)):
+        for p, path in HF_MODULES.items():
+            def hook(module, args, key=(i, p)):
+                inputs[key] = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            handles.append(layer.get_submodule(path).register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(ids)
+    for h in handles:
+        h.remove()
+    sums = {(c, s): [0.0, 0.0] for c in ("teal", "wina") for s in SPARSITIES}
+    for (i, p), x in inputs.items():
+        w = decoder_layers(model)[i].get_submodule(HF_MODULES[p]).weight.detach().double()
+        norms = w.norm(dim=0)
+        for c, scale in (("teal", torch.ones_like(norms)), ("wina", norms)):
+            for s in SPARSITIES:
+                err, energy = gating_error(x, w, s, scale)
+                sums[c, s][0] += err / len(inputs)
+                sums[c, s][1] += energy / len(inputs)
+    return {f"{c}-{s}": {"err": v[0], "energy": v[1]} for (c, s), v in sums.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/transform_error")
+    ap.add_argument("--tokens", type=int, default=1024)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    src = fetch(ROOT / "artifacts" / "smollm2-135m")
+    rows = {}
+    for variant in ("none",) + VARIANTS:
+        if variant == "none":
+            model, tok = load_hf_model(str(src))
+        else:
+            dst = ROOT / "artifacts" / f"smollm2-135m-{variant}"
+            if not (dst / "config.json").exists():
+                transform_checkpoint(str(src), dst, variant)
+            model, tok = load_transformed(dst)
+        ids = tok(stdlib_prose(), return_tensors="pt", add_special_tokens=False).input_ids
+        rows[variant] = measure(model.eval(), ids[:, :args.tokens])
+        print(variant, json.dumps(rows[variant]), flush=True)
+    (args.out / "transform_error.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| transform | " + " | ".join(f"err TEAL {s} | err WINA {s}" for s in SPARSITIES)
+             + " | kept energy (TEAL) " + " | ".join(str(s) for s in SPARSITIES) + " |",
+             "|---|" + "---|---|" * len(SPARSITIES) + "---|" * len(SPARSITIES)]
+    for v, r in rows.items():
+        lines.append(f"| {v} | " + " | ".join(
+            f"{r[f'teal-{s}']['err']:.4f} | {r[f'wina-{s}']['err']:.4f}" for s in SPARSITIES)
+            + " | " + " | ".join(f"{r[f'teal-{s}']['energy']:.4f}" for s in SPARSITIES) + " |")
+    (args.out / "transform_error.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
