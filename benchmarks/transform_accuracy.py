@@ -28,6 +28,17 @@ from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint
 SPARSITIES = [0.25, 0.5, 0.65]
 
 
+def load_variant(src: Path, variant: str):
+    """(model, tokenizer): SmolLM2 at ``src`` as is ("none"), or transformed by ``variant``,
+    the checkpoint made under artifacts/ the first time."""
+    if variant == "none":
+        return load_hf_model(str(src))
+    dst = ROOT / "artifacts" / f"smollm2-135m-{variant}"
+    if not (dst / "config.json").exists():
+        transform_checkpoint(str(src), dst, variant)
+    return load_transformed(dst)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/transform")
@@ -38,13 +49,7 @@ def main() -> None:
     text = eval_text()
     rows = []
     for variant in ("none",) + VARIANTS:
-        if variant == "none":
-            model, tok = load_hf_model(str(src))
-        else:
-            dst = ROOT / "artifacts" / f"smollm2-135m-{variant}"
-            if not (dst / "config.json").exists():
-                transform_checkpoint(str(src), dst, variant)
-            model, tok = load_transformed(dst)
+        model, tok = load_variant(src, variant)
         wins = windows(tok, text, args.windows, args.window_tokens)
         t = time.time()
         rows.append({"variant": variant, "criterion": "dense", "sparsity": 0.0,

@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from get_smollm2 import fetch  # noqa: E402
+from transform_accuracy import load_variant  # noqa: E402
 
-from wina_vllm.calibrate import HF_MODULES, load_hf_model  # noqa: E402
+from wina_vllm.calibrate import HF_MODULES  # noqa: E402
 from wina_vllm.reference import decoder_layers  # noqa: E402
 from wina_vllm.text import stdlib_prose  # noqa: E402
-from wina_vllm.transform import VARIANTS, load_transformed, transform_checkpoint  # noqa: E402
+from wina_vllm.transform import VARIANTS  # noqa: E402
 
 SPARSITIES = (0.25, 0.5, 0.65)
 
@@ -53,10 +54,12 @@ def gating_error(x: torch.Tensor, w: torch.Tensor, sparsity: float, scale: torch
 
 
 def measure(model, ids: torch.Tensor) -> dict:
-    """{criterion: {sparsity: err}} and TEAL's kept energy, averaged over layers/projections."""
+    """{"<criterion>-<sparsity>": {"err": .., "energy": ..}}, means over layers and
+    projections of gating_error on the dense model's inputs to each projection."""
+    layers = decoder_layers(model)
     inputs: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
-    for i, layer in enumerate(decoder_layers(model)):
+    for i, layer in enumerate(layers):
         for p, path in HF_MODULES.items():
             def hook(module, args, key=(i, p)):
                 inputs[key] = args[0].detach().reshape(-1, args[0].shape[-1]).double()
@@ -67,7 +70,7 @@ def measure(model, ids: torch.Tensor) -> dict:
         h.remove()
     sums = {(c, s): [0.0, 0.0] for c in ("teal", "wina") for s in SPARSITIES}
     for (i, p), x in inputs.items():
-        w = decoder_layers(model)[i].get_submodule(HF_MODULES[p]).weight.detach().double()
+        w = layers[i].get_submodule(HF_MODULES[p]).weight.detach().double()
         norms = w.norm(dim=0)
         for c, scale in (("teal", torch.ones_like(norms)), ("wina", norms)):
             for s in SPARSITIES:
@@ -84,16 +87,11 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     src = fetch(ROOT / "artifacts" / "smollm2-135m")
+    text = stdlib_prose()
     rows = {}
     for variant in ("none",) + VARIANTS:
-        if variant == "none":
-            model, tok = load_hf_model(str(src))
-        else:
-            dst = ROOT / "artifacts" / f"smollm2-135m-{variant}"
-            if not (dst / "config.json").exists():
-                transform_checkpoint(str(src), dst, variant)
-            model, tok = load_transformed(dst)
-        ids = tok(stdlib_prose(), return_tensors="pt", add_special_tokens=False).input_ids
+        model, tok = load_variant(src, variant)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         rows[variant] = measure(model.eval(), ids[:, :args.tokens])
         print(variant, json.dumps(rows[variant]), flush=True)
     (args.out / "transform_error.json").write_text(json.dumps(rows, indent=1))
