@@ -87,6 +87,8 @@ def main() -> None:
         trees[name] = Path(path)
     if len(trees) < 2 or args.out is None:
         raise ValueError("give --out and at least two trees, e.g. main=. exp=ab/exp")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: accepted: 1 or more")
     run(args.out, trees, args.rounds)
     table = compare(args.out)
     (args.out / "kernel_ab.md").write_text(table)

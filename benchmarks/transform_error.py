@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/transform_error")
     ap.add_argument("--tokens", type=int, default=1024)
     args = ap.parse_args()
+    if args.tokens < 1:
+        raise ValueError(f"--tokens {args.tokens}: accepted: 1 or more")
     args.out.mkdir(parents=True, exist_ok=True)
     src = fetch(ROOT / "artifacts" / "smollm2-135m")
     text = stdlib_prose()

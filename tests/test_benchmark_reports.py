@@ -121,3 +121,11 @@ def test_transform_error_gating_error_matches_hand_computed_cases():
     teal, _ = gating_error(x, w, 0.5, torch.ones(4, dtype=torch.float64))
     wina, _ = gating_error(x, w, 0.5, w.norm(dim=0))
     assert wina < 0.5 * teal
+
+
+def test_kernel_ab_refuses_zero_rounds(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/kernel_ab.py"), "--out",
+                           str(tmp_path / "o"), "--rounds", "0", "main=.", "same=."],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--rounds 0" in proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is built or written
