@@ -8,12 +8,14 @@ import sys
 
 
 def layer_report(model) -> dict:
-    """Per gated layer: realized sparsity per projection, and each linear's method."""
-    from wina_vllm.metrics import realized_sparsity
+    """Per gated layer: realized sparsity per projection, and each linear's method; the
+    tokens that ran the sparse path."""
+    from wina_vllm.metrics import realized_sparsity, sparse_tokens
 
     methods = {name: type(m.quant_method).__name__ for name, m in model.named_modules()
                if hasattr(m, "quant_method") and m.quant_method is not None}
-    return {"sparsity": realized_sparsity(model), "methods": methods}
+    return {"sparsity": realized_sparsity(model), "methods": methods,
+            "sparse_tokens": sparse_tokens(model)}
 
 
 def main() -> None:
@@ -30,6 +32,14 @@ def main() -> None:
         kwargs.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
     if req.get("wina") is not None:
         kwargs.update(quantization="wina", additional_config={"wina": req["wina"]})
+    if req.get("speculative"):
+        kwargs.update(speculative_config=req["speculative"])
+    lora = None
+    if req.get("lora"):  # every prompt runs the adapter (see test_engine.py's LoRA test)
+        from vllm.lora.request import LoRARequest
+
+        kwargs.update(enable_lora=True, max_lora_rank=req.get("lora_rank", 8))
+        lora = LoRARequest("adapter", 1, req["lora"])
     llm = LLM(**kwargs)
     params = SamplingParams(max_tokens=req.get("max_tokens", 12), temperature=0, logprobs=1,
                             ignore_eos=True)
@@ -37,7 +47,7 @@ def main() -> None:
     if req.get("prompt_token_ids"):
         prompts = [{"prompt_token_ids": ids} for ids in req["prompt_token_ids"]]
         params.prompt_logprobs = 0
-    outs = llm.generate(prompts, params)
+    outs = llm.generate(prompts, params, lora_request=lora)
     result = {
         "tokens": [list(o.outputs[0].token_ids) for o in outs],
         "logprobs": [[float(next(iter(lp.values())).logprob) if lp else None

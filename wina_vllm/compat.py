@@ -33,7 +33,7 @@ __all__ = [
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
     "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum", "cudagraph_token_counts",
-    "max_batched_tokens",
+    "max_batched_tokens", "speculative_tokens",
 ]
 
 
@@ -81,3 +81,10 @@ def max_batched_tokens() -> int | None:
     """The scheduler's token budget per step: the size of every full chunked-prefill step."""
     cfg = get_current_vllm_config_or_none()
     return getattr(getattr(cfg, "scheduler_config", None), "max_num_batched_tokens", None)
+
+
+def speculative_tokens() -> int:
+    """Draft tokens per request of speculative decoding (0 when it is off or outside vLLM)."""
+    cfg = get_current_vllm_config_or_none()
+    spec = getattr(cfg, "speculative_config", None)
+    return int(getattr(spec, "num_speculative_tokens", 0) or 0)

@@ -16,7 +16,13 @@ import torch
 
 from wina_vllm import calibration_file, compat, envs, metrics
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
-from wina_vllm.settings import DEFAULT_CRITERION, PROJECTIONS, WinaSettings, parse_settings
+from wina_vllm.settings import (
+    DEFAULT_CRITERION,
+    PROJECTIONS,
+    WinaSettings,
+    check_speculative,
+    parse_settings,
+)
 
 logger = compat.get_logger(__name__)
 
@@ -118,6 +124,7 @@ class WinaConfig(compat.QuantizationConfig):
     def settings(self) -> WinaSettings:
         if self._settings is None:
             settings = load_settings()
+            check_speculative(settings, compat.speculative_tokens())
             self._hf_config = compat.get_current_vllm_config().model_config.hf_config
             check_architecture(getattr(self._hf_config, "architectures", None))
             criterion = settings.criterion

@@ -2,7 +2,10 @@
 
 ``stats[s] = (kept, seen)`` counts input channels of projection ``s`` over all sparse
 calls (dense steps are not counted; the engine's own start-up runs of 1 and 2 tokens, on
-placeholder inputs, are). Two readers: :func:`realized_sparsity` on demand
+placeholder inputs, are). Every gated linear runs in every step, so any one of them also
+tells how many tokens took the sparse path: its seen count over its input width. Beside
+vLLM's generated-token counter that is the share of decode tokens the gate served (steps
+of more than ``max_sparse_batch`` tokens run dense). Two readers: :func:`realized_sparsity` on demand
 (``LLM.apply_model``), and, with the ``metrics_port`` setting, a Prometheus endpoint in
 each worker (:func:`serve`), since the counters live in the worker, not in the API server
 that serves vLLM's own ``/metrics``. Neither runs in the decode loop.
@@ -40,13 +43,28 @@ def read_counts(stats: torch.Tensor) -> torch.Tensor:
 def realized_sparsity(model: torch.nn.Module) -> dict[str, dict[str, float]]:
     """``{module name: {projection: 1 - kept / seen}}`` for every gated linear that ran sparse."""
     report: dict[str, dict[str, float]] = {}
+    counted: set[int] = set()
     for name, module in model.named_modules():
-        stats = getattr(module, "wina_stats", None)
-        if stats is None:
+        stats = getattr(module, "wina_stats", None)  # a LoRA wrapper forwards its base's
+        if stats is None or id(stats) in counted:
             continue
+        counted.add(id(stats))
         report[name] = {p: (1.0 - float(c[0] / c[1])) if c[1] > 0 else float("nan")
                         for p, c in zip(module.wina_projections, read_counts(stats))}
     return report
+
+
+def _tokens(seen: float, module: torch.nn.Module) -> int:
+    """Tokens behind ``seen`` channels of ``module`` (its weight is input-major, [K, ldw])."""
+    return int(seen) // module.weight.shape[0]
+
+
+def sparse_tokens(model: torch.nn.Module) -> int:
+    """Tokens that took the sparse path (0 when no linear is gated)."""
+    for module in model.modules():
+        if getattr(module, "wina_stats", None) is not None:
+            return _tokens(read_counts(module.wina_stats)[0, 1], module)
+    return 0
 
 
 def track(layer_index: int, linear: str, module: torch.nn.Module) -> None:
@@ -56,7 +74,7 @@ def track(layer_index: int, linear: str, module: torch.nn.Module) -> None:
 
 class SparsityCollector:
     """Prometheus collector: kept and seen channel counters and realized sparsity, labelled
-    by decoder layer, linear and projection."""
+    by decoder layer, linear and projection, and the tokens that ran sparse."""
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -68,18 +86,22 @@ class SparsityCollector:
                                    "scored, over sparse steps", labels=labels)
         sparsity = GaugeMetricFamily("wina_realized_sparsity", "1 - kept / seen since the "
                                      "worker started", labels=labels)
+        tokens = CounterMetricFamily("wina_sparse_tokens", "Tokens that ran the sparse "
+                                     "path (steps of at most max_sparse_batch tokens)")
         for (index, linear), ref in sorted(_tracked.items()):
             module = ref()
             if module is None:
                 continue
             counts = read_counts(module.wina_stats).tolist()
+            if not tokens.samples:  # every gated linear sees the same steps: count one
+                tokens.add_metric([], _tokens(counts[0][1], module))
             for projection, (k, s) in zip(module.wina_projections, counts):
                 values = [str(index), linear, projection]
                 kept.add_metric(values, k)
                 seen.add_metric(values, s)
                 if s > 0:
                     sparsity.add_metric(values, 1.0 - k / s)
-        yield from (kept, seen, sparsity)
+        yield from (kept, seen, sparsity, tokens)
 
 
 def serve(port: int) -> bool:

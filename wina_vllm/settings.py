@@ -59,6 +59,24 @@ def uses_norms(criterion: str, projection: str | None) -> bool:
     return normed == PROJECTIONS
 
 
+def check_speculative(settings: WinaSettings, num_speculative_tokens: int) -> None:
+    """Refuse speculative decoding whose verification steps would all run dense.
+
+    A verification step carries ``num_speculative_tokens + 1`` tokens per request; above
+    ``max_sparse_batch`` the op runs dense, so the gate would apply only to steps where no
+    draft was proposed (a mix that changes outputs with the drafter, for no speedup).
+    """
+    tokens = num_speculative_tokens + 1
+    if num_speculative_tokens > 0 and tokens > settings.max_sparse_batch:
+        raise ValueError(
+            f"wina setting 'max_sparse_batch': got {settings.max_sparse_batch}, but speculative "
+            f"decoding (num_speculative_tokens={num_speculative_tokens}) verifies {tokens} "
+            f"tokens per request in every decode step, and steps of more than "
+            f"max_sparse_batch tokens run dense; accepted: max_sparse_batch >= {tokens} (at "
+            f"most {MAX_KERNEL_BATCH}; on the H200 the sparse kernel is slower than dense from "
+            "4 tokens a step, benchmarks/RESULTS.md), or serve without speculative decoding")
+
+
 _KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
          "max_sparse_batch", "metrics_port")
 
