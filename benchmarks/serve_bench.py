@@ -15,6 +15,7 @@ Usage: python benchmarks/serve_bench.py --out DIR [--model benchmarks/models/lla
        [--no-dummy --model artifacts/smollm2-135m] [--compile default]
        [--calibration-dir DIR]   (reuse {criterion}-{sparsity}.safetensors files there)
        [--tp 2]   (tensor parallelism; thresholds are still calibrated on one GPU)
+       [--lora 16]   (every request runs a random LoRA adapter of this rank on q..down)
 Variant names: dense, {wina,teal}-{thr,topk}-{0.25,0.5,0.65}, wina-thr-0.5-msb8.
 """
 
@@ -26,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +46,8 @@ SPARSITIES = [0.25, 0.5, 0.65]
 def engine_kwargs(args) -> dict:
     kw = dict(max_model_len=512, gpu_memory_utilization=0.85, max_num_seqs=64,
               tensor_parallel_size=args.tp)
+    if args.lora:
+        kw.update(enable_lora=True, max_lora_rank=args.lora, max_loras=1)
     if args.dummy:
         kw.update(load_format="dummy", skip_tokenizer_init=True)
     if args.device == "cuda":
@@ -132,10 +136,21 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per engine)")
     ap.add_argument("--calibration-dir", type=Path,
                     help="threshold files made earlier for these weights (skips calibration)")
+    ap.add_argument("--lora", type=int, default=0,
+                    help="rank of a random LoRA adapter every request runs (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
+    if args.lora < 0:
+        ap.error(f"--lora: got {args.lora}; accepted: a rank >= 1, or 0 for none")
     args.out.mkdir(parents=True, exist_ok=True)
     engine = engine_kwargs(args)
+    adapter = None
+    if args.lora:
+        from wina_vllm.tiny_model import write_random_lora
+
+        # Not under --out: Llama-3-8B's rank-16 adapter is 84 MB.
+        adapter = str(write_random_lora(args.model, Path(tempfile.mkdtemp()) / "lora", args.lora,
+                                        dtype="bfloat16" if args.device == "cuda" else "float32"))
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     cal_dir = args.calibration_dir or args.out / "calibration"
     t0 = time.time()
@@ -151,7 +166,8 @@ def main() -> None:
             prepare = PREPARE_DUMMY_SHORTCUTS if args.dummy and model in args.transformed else None
             r = run_in_subprocess(Job(model=model, variant=v, prepare=prepare, batch_sizes=args.batch,
                                       prompt_tokens=args.prompt_tokens,
-                                      max_tokens=args.max_tokens, engine=engine),
+                                      max_tokens=args.max_tokens, engine=engine,
+                                      lora=adapter),
                                   env={"PYTHONPATH": str(ROOT) + os.pathsep +
                                        os.environ.get("PYTHONPATH", "")}, timeout=900)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:

