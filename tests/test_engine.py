@@ -233,6 +233,15 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# vLLM's GPU LoRA kernels (Triton) take fp16/bf16 only, and this test's exact checks need
+# float32; on the H200 the LoRA path runs in serve_bench.py --lora (RESULTS.md, section 2).
+@pytest.mark.skipif(_cuda(), reason="vLLM's GPU LoRA kernels refuse float32")
 def test_lora_adapters_run_on_the_gated_linears(tiny_models, dense, tmp_path):
     """vLLM's LoRA layers wrap the WINA linears: the base product runs through the op (on
     the input-major weight), the adapter's product is added on the whole input. Every prompt
