@@ -50,6 +50,7 @@ def test_speculative_decoding_needs_its_verification_steps_to_run_sparse():
                                          r"accepted: max_sparse_batch >= 4"):
         check_speculative(parse_settings(None), 3)
     check_speculative(parse_settings({"max_sparse_batch": 4}), 3)
+    check_speculative(parse_settings({"prefill": "sparse"}), 3)  # every step is gated
     with pytest.raises(ValueError, match=r"max_sparse_batch >= 9 \(at most 8"):
         check_speculative(parse_settings({"max_sparse_batch": 8}), 8)
 

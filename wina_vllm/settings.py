@@ -63,11 +63,13 @@ def check_speculative(settings: WinaSettings, num_speculative_tokens: int) -> No
     """Refuse speculative decoding whose verification steps would all run dense.
 
     A verification step carries ``num_speculative_tokens + 1`` tokens per request; above
-    ``max_sparse_batch`` the op runs dense, so the gate would apply only to steps where no
-    draft was proposed (a mix that changes outputs with the drafter, for no speedup).
+    ``max_sparse_batch`` the op runs dense (unless ``prefill`` is "sparse", which gates
+    every step), so the gate would apply only to steps where no draft was proposed (a mix
+    that changes outputs with the drafter, for no speedup).
     """
     tokens = num_speculative_tokens + 1
-    if num_speculative_tokens > 0 and tokens > settings.max_sparse_batch:
+    if (num_speculative_tokens > 0 and tokens > settings.max_sparse_batch
+            and settings.prefill != "sparse"):
         raise ValueError(
             f"wina setting 'max_sparse_batch': got {settings.max_sparse_batch}, but speculative "
             f"decoding (num_speculative_tokens={num_speculative_tokens}) verifies {tokens} "
