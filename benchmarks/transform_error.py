@@ -13,7 +13,10 @@ model's own inputs (no error carried between layers):
 
 Means over tokens, then over layers and projections. Run for the untransformed model and
 each transform variant (wina_vllm.transform), whose checkpoints are made under artifacts/
-when missing.
+when missing. Per sublayer (a decoder layer's attention input, gated for q, k and v, or its
+MLP input, for gate and up: the inputs a transform rotates), it also counts where the
+transformed model's WINA error is below the untransformed model's better criterion: the
+sublayers a transform applied selectively could gain on.
 
 Usage: python benchmarks/transform_error.py [--out benchmarks/results/transform_error]
 """
@@ -39,6 +42,7 @@ from wina_vllm.text import stdlib_prose  # noqa: E402
 from wina_vllm.transform import VARIANTS  # noqa: E402
 
 SPARSITIES = (0.25, 0.5, 0.65)
+SUBLAYERS = {"attention": ("q", "k", "v"), "mlp": ("gate", "up")}  # projections of one input
 
 
 def gating_error(x: torch.Tensor, w: torch.Tensor, sparsity: float, scale: torch.Tensor
@@ -54,8 +58,9 @@ def gating_error(x: torch.Tensor, w: torch.Tensor, sparsity: float, scale: torch
 
 
 def measure(model, ids: torch.Tensor) -> dict:
-    """{"<criterion>-<sparsity>": {"err": .., "energy": ..}}, means over layers and
-    projections of gating_error on the dense model's inputs to each projection."""
+    """{"<criterion>-<sparsity>": {"err": .., "energy": .., "per_projection": {"<layer>.<p>":
+    err}}}: gating_error on the dense model's inputs to each projection, and its means over
+    layers and projections."""
     layers = decoder_layers(model)
     inputs: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
@@ -68,16 +73,33 @@ def measure(model, ids: torch.Tensor) -> dict:
         model(ids)
     for h in handles:
         h.remove()
-    sums = {(c, s): [0.0, 0.0] for c in ("teal", "wina") for s in SPARSITIES}
+    rows = {f"{c}-{s}": {"err": 0.0, "energy": 0.0, "per_projection": {}}
+            for c in ("teal", "wina") for s in SPARSITIES}
     for (i, p), x in inputs.items():
         w = layers[i].get_submodule(HF_MODULES[p]).weight.detach().double()
         norms = w.norm(dim=0)
         for c, scale in (("teal", torch.ones_like(norms)), ("wina", norms)):
             for s in SPARSITIES:
                 err, energy = gating_error(x, w, s, scale)
-                sums[c, s][0] += err / len(inputs)
-                sums[c, s][1] += energy / len(inputs)
-    return {f"{c}-{s}": {"err": v[0], "energy": v[1]} for (c, s), v in sums.items()}
+                row = rows[f"{c}-{s}"]
+                row["err"] += err / len(inputs)
+                row["energy"] += energy / len(inputs)
+                row["per_projection"][f"{i}.{p}"] = err
+    return rows
+
+
+def sublayers_gained(plain: dict, transformed: dict, sparsity: float) -> dict[str, int]:
+    """Per sublayer kind, how many decoder layers' summed error over the sublayer's
+    projections is lower with the transformed model's WINA than with the plain model's
+    better criterion (both from :func:`measure`)."""
+    def total(rows: dict, criterion: str, layer: int, projections) -> float:
+        errs = rows[f"{criterion}-{sparsity}"]["per_projection"]
+        return sum(errs[f"{layer}.{p}"] for p in projections)
+
+    layers = {int(key.split(".")[0]) for key in plain[f"wina-{sparsity}"]["per_projection"]}
+    return {kind: sum(total(transformed, "wina", i, ps) <
+                      min(total(plain, c, i, ps) for c in ("teal", "wina")) for i in layers)
+            for kind, ps in SUBLAYERS.items()}
 
 
 def main() -> None:
@@ -95,7 +117,7 @@ def main() -> None:
         model, tok = load_variant(src, variant)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         rows[variant] = measure(model.eval(), ids[:, :args.tokens])
-        print(variant, json.dumps(rows[variant]), flush=True)
+        print(variant, {k: round(v["err"], 4) for k, v in rows[variant].items()}, flush=True)
     (args.out / "transform_error.json").write_text(json.dumps(rows, indent=1))
     lines = ["| transform | " + " | ".join(f"err TEAL {s} | err WINA {s}" for s in SPARSITIES)
              + " | kept energy (TEAL) " + " | ".join(str(s) for s in SPARSITIES) + " |",
@@ -104,6 +126,15 @@ def main() -> None:
         lines.append(f"| {v} | " + " | ".join(
             f"{r[f'teal-{s}']['err']:.4f} | {r[f'wina-{s}']['err']:.4f}" for s in SPARSITIES)
             + " | " + " | ".join(f"{r[f'teal-{s}']['energy']:.4f}" for s in SPARSITIES) + " |")
+    layers = len(rows["none"]["wina-0.5"]["per_projection"]) // len(HF_MODULES)
+    lines += ["", f"Sublayers (of {layers} per kind) where the transformed model's WINA errs less "
+              "than the plain model's better criterion:", "",
+              "| transform | " + " | ".join(f"attention {s} | MLP {s}" for s in SPARSITIES) + " |",
+              "|---|" + "---|---|" * len(SPARSITIES)]
+    for v in VARIANTS:
+        gained = [sublayers_gained(rows["none"], rows[v], s) for s in SPARSITIES]
+        lines.append(f"| {v} | " + " | ".join(f"{g['attention']} | {g['mlp']}" for g in gained)
+                     + " |")
     (args.out / "transform_error.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -155,3 +155,19 @@ def test_random_lora_adapter_matches_the_model_and_the_table_marks_it(tmp_path):
                           {"variant": {"name": "wina-topk-0.5", "wina": {}}, "speed": speed,
                            "lora": str(out), "realized_sparsity": 0.5}])
     assert "| dense | 1 |" in table and "| wina-topk-0.5 + LoRA | 1 | 100.0 | 1.00x |" in table
+
+
+def test_transform_error_counts_the_sublayers_a_transform_gains_on():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from transform_error import sublayers_gained
+
+    def rows(errs: dict[str, dict[str, float]]) -> dict:
+        return {f"{c}-0.5": {"per_projection": e} for c, e in errs.items()}
+
+    ones = {f"{i}.{p}": 1.0 for i in range(2) for p in ("q", "k", "v", "o", "gate", "up", "down")}
+    plain = rows({"teal": ones, "wina": {**ones, "0.q": 0.7}})  # layer 0 attention: 2.7
+    better = {**ones, "0.q": 0.6, "1.gate": 0.5}  # layer 0 attention 2.6, layer 1 MLP 1.5
+    transformed = rows({"teal": ones, "wina": better})
+    assert sublayers_gained(plain, transformed, 0.5) == {"attention": 1, "mlp": 1}
+    worse = rows({"teal": ones, "wina": {**ones, "0.q": 0.8}})  # 2.8 > plain WINA's 2.7
+    assert sublayers_gained(plain, worse, 0.5) == {"attention": 0, "mlp": 0}

@@ -161,6 +161,27 @@ def test_tuner_rotates_over_copies_that_exceed_l2(monkeypatch):
     assert len(only) == 1 and only[0] is big
 
 
+def test_a_timing_burst_holds_a_bounded_amount_of_output():
+    assert dense.burst_size(4096, 2048) == 4096  # decode-sized outputs: one call per copy
+    assert dense.burst_size(4096, 4 << 20) == 256  # 16384 tokens of a tiny layer: 1 GB
+    assert dense.burst_size(2, 1024) == 8  # large weights: few copies, still 8 calls
+    assert dense.burst_size(1, 940 << 20) == 8  # gate_up of Llama-3-8B at 16384 tokens
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the tuner times CUDA weights only")
+def test_a_failed_timing_keeps_the_plain_product_instead_of_failing_the_load(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(dense, "_time_us", fail)
+    monkeypatch.setattr(dense, "_choice", {})
+    wt = torch.randn(64, 48, dtype=torch.bfloat16, device="cuda")
+    assert dense.tune(wt, None, [48], [16, 32]) == {}
+    x = torch.randn(16, 64, dtype=torch.bfloat16, device="cuda")
+    assert dense._choice[dense._key(16, wt, None, [48])] == "mm"
+    torch.testing.assert_close(dense.dense_linear(x, wt, None, [48]), x @ wt)
+
+
 @requires_vllm
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("shape", [(3, 8), (2, 3, 8)])

@@ -24,6 +24,7 @@ Forms:
 
 from __future__ import annotations
 
+import logging
 import statistics
 from typing import Callable, Iterable, Optional
 
@@ -33,6 +34,9 @@ from wina_vllm import kernels
 
 MARGIN = 0.05  # a form must be this much faster than ``mm`` to be chosen (timing noise)
 ROTATE_BYTES = 128 << 20  # weight bytes the tuner rotates over: more than any GPU's L2
+BURST_OUT_BYTES = 1 << 30  # outputs one timing graph may write: bounds a burst of large steps
+
+_log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, as compat.get_logger
 
 Key = tuple[int, tuple[int, ...], int, torch.dtype, bool]
 _choice: dict[Key, str] = {}  # (K, seg_ends, tokens, dtype, has bias) -> form
@@ -98,8 +102,17 @@ def pick(times: dict[str, float], margin: float = MARGIN) -> str:
     return best if times[best] < times["mm"] * (1 - margin) else "mm"
 
 
+def burst_size(copies: int, out_bytes: int) -> int:
+    """Calls per timing graph: one per weight copy (so a burst never finds its weight in
+    L2), at least 8, and no more than ``BURST_OUT_BYTES`` of outputs allow: a tiny layer
+    has thousands of copies, and a burst of thousands of 16384-token outputs once filled
+    the GPU inside a capture, where the allocator cannot free its cache (the engine died
+    at load, "operation not permitted when stream is capturing")."""
+    return max(8, min(copies, BURST_OUT_BYTES // max(out_bytes, 1)))
+
+
 def _time_us(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-             weights: list[torch.Tensor], reps: int = 5) -> dict[str, float]:
+             weights: list[torch.Tensor], burst: int, reps: int = 5) -> dict[str, float]:
     """Median time per call of each function, replaying a CUDA graph of back-to-back calls
     over ``weights`` in turn, the functions taking turns (so drift hits them alike).
 
@@ -109,7 +122,6 @@ def _time_us(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
     that ran 1.04-1.17x ``F.linear``'s time from memory), and in bursts, not single calls
     (single calls with L2 flushed missed gate_up's 1.57x at 128 tokens).
     """
-    burst = max(8, len(weights))
     for fn in fns.values():
         fn(weights[0])  # outside the capture: workspaces, handles, algorithm lists
     torch.cuda.synchronize()
@@ -168,8 +180,17 @@ def tune(weight_t: torch.Tensor, bias: Optional[torch.Tensor], seg_ends: list[in
         x = torch.randn(m, weight_t.shape[0], dtype=weight_t.dtype, device=weight_t.device)
         candidates = forms + _algorithms(x, weight_t, bias, seg_ends)
         weights = weights or _copies(weight_t)
-        _choice[key] = pick(_time_us(
-            {f: lambda wt, f=f: _run(f, x, wt, bias, seg_ends) for f in candidates}, weights))
+        burst = burst_size(len(weights), m * seg_ends[-1] * weight_t.element_size())
+        try:
+            times = _time_us({f: lambda wt, f=f: _run(f, x, wt, bias, seg_ends)
+                              for f in candidates}, weights, burst)
+        except RuntimeError as exc:  # the tuning is an optimization: never fail the load
+            _log.warning("wina: dense tuning of K=%d, N=%d at %d tokens failed, keeping "
+                         "torch.mm there: %s", weight_t.shape[0], seg_ends[-1], m,
+                         str(exc).splitlines()[0])
+            _choice[key] = "mm"
+            continue
+        _choice[key] = pick(times)
         if _choice[key] != "mm":
             chosen[m] = _choice[key]
             kernels.set_dense_form(weight_t, seg_ends, m, bias is not None, _choice[key])
