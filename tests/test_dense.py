@@ -159,6 +159,8 @@ def test_tuner_rotates_over_copies_that_exceed_l2(monkeypatch):
     big = torch.randn(64, 32)  # 8192 bytes
     only = dense._copies(big)
     assert len(only) == 1 and only[0] is big
+    monkeypatch.setattr(dense, "MAX_COPIES", 5)
+    assert len(dense._copies(small)) == 5  # capped
 
 
 def test_a_timing_burst_holds_a_bounded_amount_of_output():

@@ -34,6 +34,7 @@ from wina_vllm import kernels
 
 MARGIN = 0.05  # a form must be this much faster than ``mm`` to be chosen (timing noise)
 ROTATE_BYTES = 128 << 20  # weight bytes the tuner rotates over: more than any GPU's L2
+MAX_COPIES = 256  # SmolLM2-135M's smallest layer needs 203; a tiny test model's, thousands
 BURST_OUT_BYTES = 1 << 30  # outputs one timing graph may write: bounds a burst of large steps
 
 _log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, as compat.get_logger
@@ -147,8 +148,10 @@ def _time_us(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
 
 def _copies(weight_t: torch.Tensor) -> list[torch.Tensor]:
     """The weight and as many temporary copies as make ``ROTATE_BYTES`` (none for a weight
-    that size or larger)."""
-    n = -(-ROTATE_BYTES // (weight_t.numel() * weight_t.element_size()))
+    that size or larger), at most ``MAX_COPIES``: a model whose layers need more is small
+    enough that its weights stay in L2 when served too, and timing thousands of copies made
+    a tiny model's load take 50 s per layer shape on the H200."""
+    n = min(MAX_COPIES, -(-ROTATE_BYTES // (weight_t.numel() * weight_t.element_size())))
     return [weight_t] + [weight_t.clone() for _ in range(n - 1)]
 
 
