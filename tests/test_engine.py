@@ -26,14 +26,14 @@ def dense(tiny_models):
             for arch, path in tiny_models.items()}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
 def test_sparsity_zero_equals_dense(tiny_models, dense, arch):
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS, wina={"sparsity": 0.0}))
     assert r["tokens"] == dense[arch]["tokens"]
     assert r["logprobs"] == dense[arch]["logprobs"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
 @pytest.mark.parametrize("criterion", ["wina", "teal"])
 def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, criterion):
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS,

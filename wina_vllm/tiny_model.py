@@ -1,7 +1,7 @@
 """Tiny random models with a locally trained tokenizer, for demos and engine tests.
 
 No model hub is reachable on CI, so the project builds its own: a few-layer
-Llama, Qwen2, Gemma3 or Mistral with seeded random weights and a byte-level BPE
+Llama, Qwen2, Qwen3, Gemma2, Gemma3 or Mistral with seeded random weights and a byte-level BPE
 tokenizer trained on :func:`wina_vllm.text.stdlib_prose`; and random LoRA adapters
 for any Llama-shaped config (tests, and the serving benchmark's LoRA runs).
 """
@@ -14,7 +14,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-ARCHS = ("llama", "qwen2", "gemma3", "mistral")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral")
 
 
 def _train_tokenizer(out: Path, vocab_size: int) -> None:
@@ -47,6 +47,12 @@ def _config(arch: str, vocab_size: int):
         return tf.LlamaConfig(**common, head_dim=32)
     if arch == "qwen2":
         return tf.Qwen2Config(**common)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**common, head_dim=32)
+    if arch == "gemma2":
+        # vLLM's Gemma2 ties the output to the embeddings
+        return tf.Gemma2Config(**{**common, "tie_word_embeddings": True}, head_dim=32,
+                               sliding_window=64)
     if arch == "mistral":
         return tf.MistralConfig(**common, head_dim=32, sliding_window=None)
     if arch == "gemma3":
