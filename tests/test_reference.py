@@ -14,7 +14,7 @@ pytestmark = [requires_vllm, pytest.mark.engine]
 
 
 def _prompt(model_dir) -> tuple[torch.nn.Module, list[int]]:
-    """The tiny Llama (transformers) and 96 token ids of held-out prose."""
+    """A tiny model (transformers) and 96 token ids of held-out prose."""
     model, tok = load_hf_model(str(model_dir))
     return model, tok(stdlib_prose(300_000)[-4000:], add_special_tokens=False).input_ids[:96]
 
@@ -43,6 +43,19 @@ def test_prompt_logprobs_match_the_reference(tiny_models, criterion):
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-3)
     dense, _ = _vllm_logprobs(tiny_models["llama"], ids)
     assert (dense - ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma2", "gemma3", "mistral"])
+def test_every_architecture_gates_like_the_reference(tiny_models, arch):
+    """The default criterion on the other supported architectures: their vLLM model
+    classes fuse q/k/v (Qwen2's with a bias) and gate/up in their own ways, and Gemma scales
+    and norms differently, yet each projection's input must be gated as the reference
+    gates the transformers model's."""
+    model, ids = _prompt(tiny_models[arch])
+    ref = _reference_logprobs(model, ids, make_gates(model, "wina-k-gate", 0.5))
+    got, _ = _vllm_logprobs(tiny_models[arch], ids, {"sparsity": 0.5, "prefill": "sparse"})
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-3)
+    assert (_reference_logprobs(model, ids, None) - ref).abs().max() > 1e-2  # the gate matters
 
 
 def test_topk_mode_takes_each_layers_k_from_a_greedy_calibration_file(tiny_models, tmp_path):
