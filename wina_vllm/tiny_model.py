@@ -103,10 +103,6 @@ def write_synthetic_tokenizer(out_dir: str | Path, vocab_size: int) -> Path:
     return out
 
 
-LORA_TARGETS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-                "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-
-
 def write_random_lora(model_dir: str | Path, out_dir: str | Path, rank: int = 8,
                       seed: int = 1, dtype: str = "float32") -> Path:
     """A random PEFT LoRA adapter (alpha = 2 * rank) on every attention and MLP projection
@@ -116,18 +112,19 @@ def write_random_lora(model_dir: str | Path, out_dir: str | Path, rank: int = 8,
     import torch
     from safetensors.torch import save_file
 
+    from wina_vllm.calibrate import HF_MODULES
+
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
-    shapes = {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
-              "o_proj": (q, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
-              "down_proj": (inter, hidden)}
+    shapes = {"q": (hidden, q), "k": (hidden, kv), "v": (hidden, kv), "o": (q, hidden),
+              "gate": (hidden, inter), "up": (hidden, inter), "down": (inter, hidden)}
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(cfg["num_hidden_layers"]):
-        for name, (fan_in, fan_out) in shapes.items():
-            key = f"base_model.model.model.layers.{layer}.{LORA_TARGETS[name]}.{name}"
+        for p, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{HF_MODULES[p]}"
             for part, shape in (("lora_A", (rank, fan_in)), ("lora_B", (fan_out, rank))):
                 t = torch.randn(*shape, generator=g) * 0.1
                 tensors[f"{key}.{part}.weight"] = t.to(getattr(torch, dtype))
@@ -137,5 +134,6 @@ def write_random_lora(model_dir: str | Path, out_dir: str | Path, rank: int = 8,
     (out / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
         "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": list(shapes), "base_model_name_or_path": str(model_dir)}))
+        "target_modules": [HF_MODULES[p].split(".")[1] for p in shapes],
+        "base_model_name_or_path": str(model_dir)}))
     return out
