@@ -70,9 +70,9 @@ def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
         assert abs(value - expected[key]) < 1e-9 and abs(value - 0.5) <= 0.01, key
     tokens = [float(line.rsplit(" ", 1)[1]) for line in r["metrics_text"].splitlines()
               if line.startswith("wina_sparse_tokens_total ")]
-    # Every decode step of the 3 prompts ran sparse (11 steps of 3 tokens), plus the
-    # engine's own start-up runs of 1 and 2 tokens.
-    assert tokens == [r["sparse_tokens"]] and 33 <= tokens[0] <= 33 + 8, tokens
+    # Every decode step of the 3 prompts ran sparse (11 steps of 3 tokens), and nothing else
+    # counts (the engine's warm-up runs are left out: see the bf16 test below).
+    assert tokens == [r["sparse_tokens"]] == [33], tokens
 
 
 def test_methods_are_chosen_per_layer(tiny_models):
@@ -288,3 +288,31 @@ def test_speculative_decoding_runs_its_verification_steps_sparse(tiny_models):
                           speculative=ngram))
     assert spec["tokens"] == plain["tokens"]
     assert spec["sparse_tokens"] > plain["sparse_tokens"]  # rejected drafts were gated too
+
+
+@pytest.mark.skipif(not _cuda(), reason="the dense-path tuner and bf16 kernels run on CUDA only")
+def test_bf16_tiny_model_loads_under_default_compilation(tiny_models):
+    """The production setup on a GPU: bfloat16, vLLM's default compilation and CUDA graphs.
+    A tiny model's layers need thousands of weight copies to rotate the dense-path tuner
+    over more than L2; the tuner once failed the load there (a capture ran out of memory)
+    and then took 50 s per layer shape (RESULTS.md, section 2), so it caps its copies and
+    its bursts. All-dense steps through the op give vLLM's own logprobs to bf16 rounding;
+    sparse steps realize at least the sparsity, padded verification steps included."""
+    model, prompt = str(tiny_models["llama"]), ["the module provides a way to " * 4]
+    common = dict(model=model, prompts=prompt, max_tokens=16, dtype="bfloat16", eager=False)
+    dense = _ok(run_engine(**common))
+    all_dense = _ok(run_engine(**common, wina={"sparsity": 0.5, "max_sparse_batch": 0}))
+    assert all_dense["sparse_tokens"] == 0
+    # Greedy tokens may part where two logits tie to bf16 rounding: compare the first token.
+    assert all_dense["tokens"][0][0] == dense["tokens"][0][0]
+    assert abs(all_dense["logprobs"][0][0] - dense["logprobs"][0][0]) < 0.05
+    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+             "prompt_lookup_min": 1}
+    spec = _ok(run_engine(**common, speculative=ngram,
+                          wina={"sparsity": 0.5, "max_sparse_batch": 4}))
+    assert len(spec["tokens"][0]) == 16 and spec["sparse_tokens"] >= 15
+    # vLLM pads verification steps to its graph sizes with all-zero tokens, which keep
+    # nothing (they once kept every channel: o_proj read 0.30, RESULTS.md section 2) and
+    # count as seen, so the realized sparsity is 0.5 or above, never below.
+    values = [s for p in spec["sparsity"].values() for s in p.values()]
+    assert all(0.48 <= s < 1.0 for s in values), spec["sparsity"]

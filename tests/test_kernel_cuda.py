@@ -275,3 +275,37 @@ def test_dense_forms_agree_and_the_tuned_form_is_used(monkeypatch):
     dense._choice[(k, tuple(packed.seg_ends), 40, torch.bfloat16, False)] = "segments"
     assert torch.equal(dense.dense_linear(x, packed.weight_t, None, packed.seg_ends),
                        dense.FORMS["segments"](x, packed.weight_t, None, packed.seg_ends))
+
+
+@pytest.mark.parametrize("topk", [True, False])
+def test_padding_tokens_keep_nothing(topk):
+    """All-zero tokens, as vLLM pads CUDA-graph steps with (on the H200 they kept every
+    channel of o_proj, so a padded step read the whole weight): no row kept for them,
+    output = bias, and the counters equal the CPU reference's."""
+    torch.manual_seed(21)
+    k, segments = 4096, [4096, 1024, 1024]
+    weight = torch.randn(sum(segments), k, device="cuda", dtype=torch.bfloat16) / 64
+    bias = torch.randn(sum(segments), device="cuda", dtype=torch.bfloat16)
+    packed = pack_linear(weight, segments, "wina")
+    cpu_stats = torch.zeros_like(packed.stats, device="cpu")
+    keep = gate.keep_counts(k, [0.5] * 3)
+    thresholds = _calibrated_thresholds(packed, k, 0.5, torch.bfloat16)
+    for m, padding in ((4, [3]), (4, [1, 2]), (2, [0, 1]), (8, [5, 6, 7])):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        x[padding] = 0
+        x[0, :100] = 0  # a real token's zero channels
+        packed.stats.zero_()
+        cpu_stats.zero_()
+        out = _call(x, packed, bias, thresholds, keep, topk).float()
+        want = ops.reference_sparse_linear(x.cpu(), packed.weight_t.cpu(), bias.cpu(),
+                                           packed.scale.cpu(), thresholds.cpu(), cpu_stats,
+                                           packed.seg_ends, keep, topk)
+        torch.cuda.synchronize()
+        for t in padding:
+            assert torch.equal(out[t], bias.float()), f"m={m}: padding token {t}"
+        err = ((out.cpu() - want.float()).norm() / want.float().norm()).item()
+        assert err <= 1e-2, f"m={m} topk={topk}: rel err {err:.2e}"
+        assert torch.equal(packed.stats.cpu(), cpu_stats), f"m={m} topk={topk}"
+        assert cpu_stats[:, 1].tolist() == [m * k] * 3
+        kept = cpu_stats[:, 0].tolist()
+        assert all(n <= (m - len(padding)) * (k - 100) for n in kept), kept

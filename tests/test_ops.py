@@ -141,3 +141,30 @@ def test_switch_envs_are_validated(monkeypatch, name, read):
     with pytest.raises(ValueError, match=f"{name}='false'"):
         fn()
     fn.cache_clear()
+
+
+@pytest.mark.parametrize("topk", [True, False])
+def test_padding_tokens_keep_nothing(topk):
+    """All-zero tokens (how vLLM pads CUDA-graph steps) keep no channel, so a padded step
+    reads no more rows than its real tokens need; a real token's zero channels are not kept
+    either (they add nothing), even where the gate keeps everything. Every row counts as
+    seen, padding included (metrics.py)."""
+    args = list(_args(m=4, k=64, topk=topk))
+    x, stats = args[0], args[5]
+    x[1] = 0.0  # padding
+    x[3] = 0.0
+    x[0, :5] = 0.0  # a real token's zero channels
+    if not topk:  # thresholds set for about half the channels, as a calibration would
+        args[4] = torch.full((2,), 0.6)
+    out = ops.sparse_linear(*args)
+    assert torch.equal(out[1], torch.zeros(48)) and torch.equal(out[3], torch.zeros(48))
+    score = gate.scores(x, args[3])
+    mask = gate.gate_mask(score, gate.topk_thresholds(score, args[8]) if topk else args[4])
+    assert not mask[[1, 3]].any() and not mask[0, :, :5].any()
+    assert stats[:, 1].tolist() == [4 * 64, 4 * 64]
+    assert stats[:, 0].tolist() == mask.sum(dim=(0, 2)).tolist()
+    assert 0 < stats[0, 0] < 2 * 64
+    # Keep-all (sparsity 0): every nonzero channel, and still none of the zero ones.
+    every = gate.topk_thresholds(score, [64, 64])
+    assert every.min().item() == gate.MIN_SCORE
+    assert torch.equal(gate.gate_mask(score, every), (x != 0).unsqueeze(1).expand_as(mask))

@@ -7,6 +7,9 @@ strings elsewhere.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
 from vllm.distributed import (
@@ -33,7 +36,7 @@ __all__ = [
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
     "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum", "cudagraph_token_counts",
-    "max_batched_tokens", "speculative_tokens",
+    "max_batched_tokens", "speculative_tokens", "after_warm_up",
 ]
 
 
@@ -88,3 +91,40 @@ def speculative_tokens() -> int:
     cfg = get_current_vllm_config_or_none()
     spec = getattr(cfg, "speculative_config", None)
     return int(getattr(spec, "num_speculative_tokens", 0) or 0)
+
+
+_warm_up_callbacks: list[Callable[[], None]] = []
+
+
+def after_warm_up(callback: Callable[[], None]) -> None:
+    """Call ``callback`` in this process each time a vLLM worker has finished warming up
+    (compile runs, CUDA-graph warm-up and capture, the sampler's dummy run), before it
+    serves a request; registering the same callback again does nothing.
+
+    vLLM has no hook there, so every loaded worker class's own ``compile_or_warm_up_model``
+    (the engine calls it once per worker, after the KV cache is set up; vLLM 0.26 and 0.32
+    alike) is wrapped, once. Call it from the worker, while the model loads.
+    """
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    if callback not in _warm_up_callbacks:
+        _warm_up_callbacks.append(callback)
+    classes = [WorkerBase]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        method = cls.__dict__.get("compile_or_warm_up_model")
+        if method is not None and not getattr(method, "_wina_wrapped", False):
+            cls.compile_or_warm_up_model = _then_callbacks(method)
+
+
+def _then_callbacks(method):
+    @functools.wraps(method)
+    def compile_or_warm_up_model(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        for callback in _warm_up_callbacks:
+            callback()
+        return result
+
+    compile_or_warm_up_model._wina_wrapped = True
+    return compile_or_warm_up_model

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from wina_vllm import calibration_file, compat, envs, metrics
+from wina_vllm.gate import MIN_SCORE
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
 from wina_vllm.settings import (
     DEFAULT_CRITERION,
@@ -145,11 +146,12 @@ class WinaConfig(compat.QuantizationConfig):
         return self.settings.sparsity_of(projection)
 
     def thresholds(self, target: TargetLinear) -> list[float]:
-        """Per-projection thresholds of a layer (zeros in top-k mode, where they are unused)."""
+        """Per-projection thresholds of a layer (unused in top-k mode), at least
+        ``gate.MIN_SCORE``: a zero input is never kept."""
         if self._calibration is None or self.settings.mode == "topk":
-            return [0.0] * len(target.projections)
+            return [MIN_SCORE] * len(target.projections)
         row = self._calibration.thresholds[target.layer_index]
-        return [float(row[PROJECTIONS.index(p)]) for p in target.projections]
+        return [max(float(row[PROJECTIONS.index(p)]), MIN_SCORE) for p in target.projections]
 
     def check_signature(self, target: TargetLinear, norm_means: torch.Tensor) -> None:
         """Refuse a calibration file made for other weights: ``norm_means`` [S] is each
@@ -162,7 +164,8 @@ class WinaConfig(compat.QuantizationConfig):
 
     def report_ready(self, target: TargetLinear, sparsities: list[float],
                      native: bool = False) -> None:
-        """Log once, when the last gated linear is ready, what runs sparse and how."""
+        """Once the last gated linear is ready: log what runs sparse and how, and have the
+        counters restart after vLLM's warm-up (see metrics.py)."""
         self._ready.append((target, sparsities))
         self._native += native
         if len(self._ready) != self._created:
@@ -181,6 +184,7 @@ class WinaConfig(compat.QuantizationConfig):
             "other layers", len(self._ready), len(layers), s.criterion, s.mode, s.prefill,
             s.max_sparse_batch, summary, self._native, len(self._ready) - self._native,
             list(s.skip_layers))
+        compat.after_warm_up(metrics.reset)
         if s.metrics_port is not None:
             port = s.metrics_port + compat.tp_rank()
             if metrics.serve(port):

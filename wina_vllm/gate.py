@@ -3,7 +3,8 @@
 This is the reference the CUDA kernel must match bit for bit on the mask:
 the score of input channel ``i`` for segment ``s`` is ``float32(|x_i|) * c[s, i]``
 with ``c`` the L2 norm of weight column ``i`` of that segment (WINA) or 1 (TEAL),
-and a channel is kept when its score is ``>=`` the threshold.
+and a channel is kept when its score is ``>=`` the threshold, which is never below
+``MIN_SCORE``: a zero score is never kept.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from typing import Callable, Sequence
 import torch
 
 from wina_vllm.settings import uses_norms
+
+
+# The lowest threshold: a channel with x_i = 0 adds nothing to the product, so it is never
+# read. vLLM pads CUDA-graph steps with such rows (on the H200, speculative decoding's
+# verification steps fed the gate all-zero tokens); under ">= 0" one kept every channel,
+# so the step read the whole weight for it.
+MIN_SCORE = torch.finfo(torch.float32).tiny
 
 
 def criterion_scale(norms: torch.Tensor, criterion: str, projection: str | None) -> torch.Tensor:
@@ -59,7 +67,8 @@ def topk_thresholds(score: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
     """[M, S, K] scores -> [M, S] k-th largest score per token and segment.
 
     Keeping ``score >= threshold`` then keeps exactly ``keep[s]`` channels unless
-    scores tie. ``keep == 0`` gives +inf (nothing kept), ``keep >= K`` gives 0.
+    scores tie, or fewer than ``keep[s]`` are nonzero (the threshold is at least
+    ``MIN_SCORE``). ``keep == 0`` gives +inf (nothing kept), ``keep >= K`` ``MIN_SCORE``.
     """
     m, s, k = score.shape
     out = torch.empty(m, s, dtype=torch.float32, device=score.device)
@@ -67,9 +76,10 @@ def topk_thresholds(score: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
         if n_keep <= 0:
             out[:, j] = float("inf")
         elif n_keep >= k:
-            out[:, j] = 0.0
+            out[:, j] = MIN_SCORE
         else:
-            out[:, j] = torch.topk(score[:, j], n_keep, dim=-1, sorted=True).values[:, -1]
+            kth = torch.topk(score[:, j], n_keep, dim=-1, sorted=True).values[:, -1]
+            out[:, j] = kth.clamp_min(MIN_SCORE)
     return out
 
 

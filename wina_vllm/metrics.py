@@ -1,8 +1,11 @@
 """Realized sparsity, read from the counters the op keeps in every gated linear.
 
 ``stats[s] = (kept, seen)`` counts input channels of projection ``s`` over all sparse
-calls (dense steps are not counted; the engine's own start-up runs of 1 and 2 tokens, on
-placeholder inputs, are). Every gated linear runs in every step, so any one of them also
+calls (dense steps are not counted). The counts restart once the worker has warmed up
+(:func:`reset`), so its dummy runs are left out, as vLLM leaves them out of its own
+expert-balancing metrics. They include the all-zero tokens vLLM pads a CUDA-graph step
+with (a 3-token speculative verification step runs as 4): those keep nothing (gate.py),
+so padded steps read above the setting. Every gated linear runs in every step, so any one of them also
 tells how many tokens took the sparse path: its seen count over its input width. Beside
 vLLM's generated-token counter that is the share of decode tokens the gate served (steps
 of more than ``max_sparse_batch`` tokens run dense). Two readers: :func:`realized_sparsity` on demand
@@ -52,6 +55,14 @@ def realized_sparsity(model: torch.nn.Module) -> dict[str, dict[str, float]]:
         report[name] = {p: (1.0 - float(c[0] / c[1])) if c[1] > 0 else float("nan")
                         for p, c in zip(module.wina_projections, read_counts(stats))}
     return report
+
+
+def reset() -> None:
+    """Zero every gated linear's counters (between steps, never inside a graph capture)."""
+    for ref in _tracked.values():
+        module = ref()
+        if module is not None:
+            module.wina_stats.zero_()
 
 
 def _tokens(seen: float, module: torch.nn.Module) -> int:
