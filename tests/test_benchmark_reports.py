@@ -171,3 +171,29 @@ def test_transform_error_counts_the_sublayers_a_transform_gains_on():
     assert sublayers_gained(plain, transformed, 0.5) == {"attention": 1, "mlp": 1}
     worse = rows({"teal": ones, "wina": {**ones, "0.q": 0.8}})  # 2.8 > plain WINA's 2.7
     assert sublayers_gained(plain, worse, 0.5) == {"attention": 0, "mlp": 0}
+
+
+def test_batch_union_counts_rows_any_token_of_a_step_keeps():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from batch_union import kept_masks, union_fraction
+
+    # Every token alike: a step of any size reads the one token's half of the rows.
+    same = torch.arange(8.0).repeat(3, 4, 1)  # [windows, tokens, K]
+    mask = kept_masks(same, torch.ones(5, 8), "teal", "o", 0.5)
+    assert mask[0, 0].tolist() == [False] * 4 + [True] * 4
+    gen = torch.Generator().manual_seed(0)
+    assert union_fraction(mask, 2, "requests", 10, gen) == 0.5
+    assert union_fraction(mask, 4, "consecutive", 10, gen) == 0.5
+    # Windows with disjoint halves: one token from each of two windows reads every row,
+    # two consecutive tokens of one window read half.
+    split = torch.zeros(2, 4, 8, dtype=torch.bool)
+    split[0, :, :4] = True
+    split[1, :, 4:] = True
+    assert union_fraction(split, 2, "requests", 10, gen) == 1.0
+    assert union_fraction(split, 2, "consecutive", 10, gen) == 0.5
+    # The WINA criterion ranks by |x| times the column norm: a long column wins a tie.
+    w = torch.ones(5, 8)
+    w[:, 0] = 10.0
+    flat = torch.ones(1, 1, 8)
+    assert kept_masks(flat, w, "wina", "o", 0.875)[0, 0].tolist() == [True] + [False] * 7
