@@ -197,3 +197,18 @@ def test_batch_union_counts_rows_any_token_of_a_step_keeps():
     w[:, 0] = 10.0
     flat = torch.ones(1, 1, 8)
     assert kept_masks(flat, w, "wina", "o", 0.875)[0, 0].tolist() == [True] + [False] * 7
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="needs nvcc")
+def test_small_steps_keep_four_blocks_per_sm():
+    """ptxas, no GPU: the sparse GEMV for 1 and 2 tokens fits 64 registers, so four
+    256-thread blocks share an SM. A counting change that took M = 2 to 74 registers ran
+    o_proj 12% slower on the H200 (RESULTS.md, section 2)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ptxas_registers import registers
+
+    for source in ("kernels_bf16.cu", "kernels_fp16.cu"):
+        found = registers(source, "sm_90")
+        assert {f"sparse_gemv M={m}" for m in range(1, 9)} | {"topk_thresholds"} <= set(found)
+        assert all(spills == 0 for _, spills in found.values()), found
+        assert found["sparse_gemv M=1"][0] <= 64 and found["sparse_gemv M=2"][0] <= 64, found
