@@ -55,6 +55,27 @@ def test_speculative_decoding_needs_its_verification_steps_to_run_sparse():
         check_speculative(parse_settings({"max_sparse_batch": 8}), 8)
 
 
+def test_cuda_graph_padding_must_not_push_steps_past_max_sparse_batch():
+    """vLLM runs a step as its next CUDA-graph size: max_sparse_batch 3 would make every
+    3-token step a 4-token one, run dense. So it must be a graph size itself."""
+    from wina_vllm.settings import check_graph_sizes
+
+    default = [1, 2, 4, 8, 16, 24, 32]
+    for ok in (0, 1, 2, 4, 8):
+        check_graph_sizes(parse_settings({"max_sparse_batch": ok}), default)
+    for bad, padded in ((3, 4), (5, 8), (7, 8)):
+        with pytest.raises(ValueError, match=rf"'max_sparse_batch': got {bad}, but vLLM runs a "
+                           rf"step of {bad} tokens as its CUDA-graph size {padded} .*"
+                           r"accepted: one of \[0, 1, 2, 4, 8\], or add"):
+            check_graph_sizes(parse_settings({"max_sparse_batch": bad}), default)
+    check_graph_sizes(parse_settings({"max_sparse_batch": 3}), [])  # no graphs: no padding
+    check_graph_sizes(parse_settings({"max_sparse_batch": 3}), [1, 2, 3, 4, 8])  # a size
+    check_graph_sizes(parse_settings({"max_sparse_batch": 6}), [1, 2, 4])  # above them all
+    check_graph_sizes(parse_settings({"max_sparse_batch": 3, "prefill": "sparse"}), default)
+    with pytest.raises(ValueError, match=r"got 2, .* size 8 "):  # custom sizes without 1, 2
+        check_graph_sizes(parse_settings(None), [8, 16])
+
+
 def test_threshold_mode(tmp_path):
     s = parse_settings({"mode": "threshold", "calibration": str(tmp_path / "c.safetensors")})
     assert s.mode == "threshold"

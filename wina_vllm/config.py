@@ -21,6 +21,7 @@ from wina_vllm.settings import (
     DEFAULT_CRITERION,
     PROJECTIONS,
     WinaSettings,
+    check_graph_sizes,
     check_speculative,
     parse_settings,
 )
@@ -126,6 +127,7 @@ class WinaConfig(compat.QuantizationConfig):
         if self._settings is None:
             settings = load_settings()
             check_speculative(settings, compat.speculative_tokens())
+            check_graph_sizes(settings, compat.cudagraph_token_counts())
             self._hf_config = compat.get_current_vllm_config().model_config.hf_config
             check_architecture(getattr(self._hf_config, "architectures", None))
             criterion = settings.criterion

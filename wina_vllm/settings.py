@@ -79,6 +79,29 @@ def check_speculative(settings: WinaSettings, num_speculative_tokens: int) -> No
             "4 tokens a step, benchmarks/RESULTS.md), or serve without speculative decoding")
 
 
+def check_graph_sizes(settings: WinaSettings, capture_sizes: list[int]) -> None:
+    """Refuse a ``max_sparse_batch`` that vLLM's CUDA graphs would pad past.
+
+    vLLM runs a step of n tokens as its next CUDA-graph size (1, 2, 4, 8, 16, ... by
+    default), and the op sees the padded count: with ``max_sparse_batch`` 3, every 3-token
+    step would run as 4 tokens, and so dense, silently. Every step of up to
+    ``max_sparse_batch`` tokens stays at or below it exactly when it is itself a graph size
+    or above the largest one (larger steps run without graphs, unpadded). ``capture_sizes``
+    is empty without CUDA graphs (``enforce_eager``, the CPU).
+    """
+    msb = settings.max_sparse_batch
+    if msb == 0 or settings.prefill == "sparse" or not capture_sizes:
+        return
+    padded = min((c for c in capture_sizes if c >= msb), default=msb)
+    if padded != msb:
+        fits = [0] + [c for c in sorted(capture_sizes) if c <= MAX_KERNEL_BATCH]
+        raise ValueError(
+            f"wina setting 'max_sparse_batch': got {msb}, but vLLM runs a step of {msb} tokens "
+            f"as its CUDA-graph size {padded} (cudagraph_capture_sizes), above "
+            f"max_sparse_batch, so such steps would run dense; accepted: one of {fits}, or "
+            f"add {msb} to compilation_config's cudagraph_capture_sizes, or enforce_eager")
+
+
 _KEYS = ("sparsity", "criterion", "mode", "calibration", "skip_layers", "prefill",
          "max_sparse_batch", "metrics_port")
 
