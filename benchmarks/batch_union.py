@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from accuracy import add_window_args, eval_text, windows  # noqa: E402
 from get_smollm2 import fetch  # noqa: E402
 
-from wina_vllm import gate  # noqa: E402
 from wina_vllm.calibrate import HF_MODULES, load_hf_model  # noqa: E402
+from wina_vllm.reference import ReferenceGate, decoder_layers, gated  # noqa: E402
 from wina_vllm.settings import DEFAULT_CRITERION  # noqa: E402
 
 TOKENS = (1, 2, 4, 8)
@@ -41,32 +41,21 @@ KINDS = ("requests", "consecutive")
 
 def record_inputs(model, wins: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """Per decoder layer and projection, its input for every window: [W, L, K] float32."""
-    inputs: list[dict[str, list[torch.Tensor]]] = []
-    handles = []
-    for layer in model.model.layers:
-        entry: dict[str, list[torch.Tensor]] = {p: [] for p in HF_MODULES}
-        for p, path in HF_MODULES.items():
-            handles.append(layer.get_submodule(path).register_forward_pre_hook(
-                lambda mod, args, seen=entry[p]: seen.append(args[0][0].detach().float())))
-        inputs.append(entry)
-    try:
-        with torch.no_grad():
-            for w in wins:
-                model(input_ids=w.unsqueeze(0))
-    finally:
-        for h in handles:
-            h.remove()
-    return [{p: torch.stack(x) for p, x in entry.items()} for entry in inputs]
+    seen = [{p: [] for p in HF_MODULES} for _ in decoder_layers(model)]
+    recorders = [{p: lambda mod, args, out=row[p]: out.append(args[0][0].detach().float())
+                  for p in row} for row in seen]
+    with torch.no_grad(), gated(model, recorders):
+        for w in wins:
+            model(input_ids=w.unsqueeze(0))
+    return [{p: torch.stack(x) for p, x in row.items()} for row in seen]
 
 
 def kept_masks(x: torch.Tensor, weight: torch.Tensor, criterion: str, projection: str,
                sparsity: float) -> torch.Tensor:
-    """[W, L, K] inputs -> [W, L, K] per-token top-k masks, as the plugin gates them."""
-    scale = gate.criterion_scale(weight.float().norm(dim=0), criterion, projection)
-    score = x.abs() * scale
-    keep = gate.keep_counts(x.shape[-1], [sparsity])[0]
-    idx = score.topk(keep, dim=-1).indices
-    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
+    """[W, L, K] inputs -> [W, L, K] masks of the rows the reference's per-token top-k gate
+    reads: the channels it keeps that are nonzero (the plugin never keeps a zero input)."""
+    gate = ReferenceGate(weight, criterion, projection, sparsity, threshold=None)
+    return gate(None, (x,))[0] != 0
 
 
 def union_fraction(mask: torch.Tensor, m: int, kind: str, batches: int,
@@ -92,7 +81,7 @@ def measure(model, inputs, criterion: str, sparsities: list[float], batches: int
     for s in sparsities:
         per_proj: dict[str, dict[str, dict[int, list[float]]]] = {}
         params: dict[str, int] = {}
-        for i, layer in enumerate(model.model.layers):
+        for i, layer in enumerate(decoder_layers(model)):
             for p, path in HF_MODULES.items():
                 weight = layer.get_submodule(path).weight.detach()
                 params[p] = weight.numel()

@@ -37,7 +37,7 @@ from get_smollm2 import fetch  # noqa: E402
 from transform_accuracy import load_variant  # noqa: E402
 
 from wina_vllm.calibrate import HF_MODULES  # noqa: E402
-from wina_vllm.reference import decoder_layers  # noqa: E402
+from wina_vllm.reference import decoder_layers, gated  # noqa: E402
 from wina_vllm.text import stdlib_prose  # noqa: E402
 from wina_vllm.transform import VARIANTS  # noqa: E402
 
@@ -63,16 +63,15 @@ def measure(model, ids: torch.Tensor) -> dict:
     layers and projections."""
     layers = decoder_layers(model)
     inputs: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-    for i, layer in enumerate(layers):
-        for p, path in HF_MODULES.items():
-            def hook(module, args, key=(i, p)):
-                inputs[key] = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            handles.append(layer.get_submodule(path).register_forward_pre_hook(hook))
-    with torch.no_grad():
+
+    def recorder(key):
+        def record(module, args):
+            inputs[key] = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        return record
+
+    with torch.no_grad(), gated(model, [{p: recorder((i, p)) for p in HF_MODULES}
+                                        for i in range(len(layers))]):
         model(ids)
-    for h in handles:
-        h.remove()
     rows = {f"{c}-{s}": {"err": 0.0, "energy": 0.0, "per_projection": {}}
             for c in ("teal", "wina") for s in SPARSITIES}
     for (i, p), x in inputs.items():
