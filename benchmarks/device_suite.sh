@@ -1,39 +1,42 @@
 #!/usr/bin/env bash
 # The whole test suite on the GPU machine, in stages that each fit one device call
 # (10 minutes), from the repo root after `source benchmarks/device_env.sh`:
-#   OUT=dir bash benchmarks/device_suite.sh kernel   # no vLLM needed: every test but the
-#                                                    # engine and server tests, then
-#                                                    # kernel_bench.py --quick
-#   OUT=dir bash benchmarks/device_suite.sh bf16     # vLLM: the GPU-only engine tests
-#                                                    # (bf16 kernels in every architecture,
-#                                                    # default compilation, graph sizes)
-#   OUT=dir bash benchmarks/device_suite.sh engine   # vLLM: the other engine tests and the
-#                                                    # server tests (float32: the op's torch path)
-# Each stage writes its pytest log (and the benchmark's files) under $OUT.
+#   OUT=dir bash benchmarks/device_suite.sh kernel         # no vLLM needed: every test but
+#                       # the engine and server tests (~75 s), then kernel_bench.py --quick
+#   OUT=dir bash benchmarks/device_suite.sh bf16-arch      # vLLM: bf16 kernels in every
+#                       # architecture's engine (~430 s)
+#   OUT=dir bash benchmarks/device_suite.sh bf16-compiled  # vLLM: default compilation, CUDA
+#                       # graphs, padded speculative steps, graph sizes (~360 s)
+#   OUT=dir bash benchmarks/device_suite.sh engine         # vLLM: the float32 engine tests
+#                       # and the server tests, as far as the time limit lets them go
+# An eager vLLM 0.26 engine took about 50 s to start there (fourteenth session), so a stage
+# holds at most about ten. pytest writes straight to the log, one line per test as it
+# ends, so a stage stopped by its time limit still shows what passed.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_suite}
+stage=${1:-}
 mkdir -p "$OUT"
 { git log -1 --format='commit %H' 2>/dev/null; git status --short 2>/dev/null
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python -c 'import torch; print("torch", torch.__version__)'
-  python -c 'import vllm; print("vllm", vllm.__version__)' 2>/dev/null; } > "$OUT/tree_$1.txt"
-pytest() { timeout "$1" python -m pytest -q -p no:cacheprovider -rfE "${@:2}"; }
-case "$1" in
+  python -c 'import vllm; print("vllm", vllm.__version__)' 2>/dev/null; } > "$OUT/tree_$stage.txt"
+run_tests() {  # seconds, log name, pytest arguments...
+  timeout "$1" python -m pytest -v -p no:cacheprovider -rfE "${@:3}" > "$OUT/$2" 2>&1
+  grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/$2" | tail -40
+}
+case "$stage" in
   kernel)
-    pytest 330 -m "not engine and not server" tests > "$OUT/tests_kernel.log" 2>&1
-    tail -3 "$OUT/tests_kernel.log"
+    timeout 330 python -m pytest -q -p no:cacheprovider -rfE -m "not engine and not server" \
+      tests > "$OUT/tests_kernel.log" 2>&1
+    tail -1 "$OUT/tests_kernel.log"
     timeout 120 python benchmarks/kernel_bench.py --quick --out "$OUT/quick" > "$OUT/quick.log" 2>&1
-    grep -A14 "M = 1" "$OUT/quick/kernel_bench.md" | head -20 ;;
-  bf16)
-    pytest 560 -v tests/test_engine.py -k "bf16 or between_graph" 2>&1 \
-      | grep -v 'Writing model' > "$OUT/tests_bf16.log"
-    grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/tests_bf16.log" | tail -12 ;;
+    grep "| 1 |" "$OUT/quick/kernel_bench.md" ;;
+  bf16-arch) run_tests 540 tests_bf16_arch.log tests/test_engine.py -k bf16_kernels ;;
+  bf16-compiled)
+    run_tests 540 tests_bf16_compiled.log tests/test_engine.py -k "bf16_tiny or between_graph" ;;
   engine)
-    # Most telling first (the server, the model classes, every architecture), one line per
-    # test as it ends, so a run the time limit stops still shows what passed.
-    pytest 570 -v tests/test_server.py tests/test_engine.py::test_sparsity_zero_equals_dense \
-      tests/test_engine.py -k "not bf16 and not between_graph" 2>&1 \
-      | grep -v 'Writing model' > "$OUT/tests_engine.log"
-    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/tests_engine.log" | tail -50 ;;
-  *) echo "stage: got '$1'; accepted: kernel, bf16, engine" >&2; exit 2 ;;
+    run_tests 570 tests_engine.log tests/test_server.py tests/test_engine.py \
+      -k "not bf16 and not between_graph" ;;
+  *) echo "stage: got '$stage'; accepted: kernel, bf16-arch, bf16-compiled, engine" >&2
+     exit 2 ;;
 esac
