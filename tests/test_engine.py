@@ -246,8 +246,6 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
 
 
-
-
 # vLLM's GPU LoRA kernels (Triton) take fp16/bf16 only, and this test's exact checks need
 # float32; on the H200 the LoRA path runs in serve_bench.py --lora (RESULTS.md, section 2).
 @pytest.mark.skipif(_cuda(), reason="vLLM's GPU LoRA kernels refuse float32")
@@ -348,14 +346,14 @@ def test_bf16_kernels_gate_every_architecture(tiny_models, arch):
     The prompt is prefilled dense, so the first token is dense's; every decode step after
     it keeps half of each projection's channels, per token."""
     common = dict(model=str(tiny_models[arch]), prompts=PROMPTS, dtype="bfloat16")
-    dense = _ok(run_engine(**common))
+    plain = _ok(run_engine(**common))
     sparse = _ok(run_engine(**common, wina={"sparsity": 0.5, "criterion": "wina",
                                             **SPARSE_STEPS}))
-    assert [t[0] for t in sparse["tokens"]] == [t[0] for t in dense["tokens"]]
+    assert [t[0] for t in sparse["tokens"]] == [t[0] for t in plain["tokens"]]
     assert all(len(t) == 12 for t in sparse["tokens"])
     assert sparse["sparse_tokens"] >= 3 * 11  # every decode step of every prompt
     assert len(sparse["sparsity"]) == 2 * 4, sparse["sparsity"]
     for name, per_proj in sparse["sparsity"].items():
         for proj, s in per_proj.items():
             assert abs(s - 0.5) <= 0.01, (arch, name, proj, s)
-    assert sparse["logprobs"] != dense["logprobs"]
+    assert sparse["logprobs"] != plain["logprobs"]
