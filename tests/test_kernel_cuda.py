@@ -126,6 +126,12 @@ def test_topk_thresholds_are_exact_kth_values(pdl):
         ones = torch.ones(3, k, device="cuda")
         got = kernels.topk_thresholds(ties, ones, keep, pdl)
         assert torch.equal(got, gate.topk_thresholds(gate.scores(ties, ones), keep)), f"k={k}"
+        # Mostly zero inputs: the k-th score is 0 (the gate, not the threshold, drops zeros),
+        # keep-all gives 0 and keep-none +inf, as in the reference.
+        few = torch.where(torch.rand(2, k, device="cuda") < 0.1, ties, 0)
+        want = gate.topk_thresholds(gate.scores(few, ones), [k // 2, k, 0])
+        assert want.tolist() == [[0.0, 0.0, float("inf")]] * 2
+        assert torch.equal(kernels.topk_thresholds(few, ones, [k // 2, k, 0], pdl), want)
 
 
 def test_topk_takes_the_largest_k_that_fits_and_names_one_beyond():
@@ -277,11 +283,13 @@ def test_dense_forms_agree_and_the_tuned_form_is_used(monkeypatch):
                        dense.FORMS["segments"](x, packed.weight_t, None, packed.seg_ends))
 
 
-@pytest.mark.parametrize("topk", [True, False])
-def test_padding_tokens_keep_nothing(topk):
+@pytest.mark.parametrize("gating", ["topk", "calibrated", "zero"])
+def test_padding_tokens_keep_nothing(gating):
     """All-zero tokens, as vLLM pads CUDA-graph steps with (on the H200 they kept every
     channel of o_proj, so a padded step read the whole weight): no row kept for them,
-    output = bias, and the counters equal the CPU reference's."""
+    output = bias, and the counters equal the CPU reference's. "zero" passes thresholds
+    of 0 and -1 straight to the op: the gate itself must refuse zero scores."""
+    topk = gating == "topk"
     torch.manual_seed(21)
     k, segments = 4096, [4096, 1024, 1024]
     weight = torch.randn(sum(segments), k, device="cuda", dtype=torch.bfloat16) / 64
@@ -289,7 +297,8 @@ def test_padding_tokens_keep_nothing(topk):
     packed = pack_linear(weight, segments, "wina")
     cpu_stats = torch.zeros_like(packed.stats, device="cpu")
     keep = gate.keep_counts(k, [0.5] * 3)
-    thresholds = _calibrated_thresholds(packed, k, 0.5, torch.bfloat16)
+    thresholds = (torch.tensor([0.0, -1.0, 0.0], device="cuda") if gating == "zero"
+                  else _calibrated_thresholds(packed, k, 0.5, torch.bfloat16))
     for m, padding in ((4, [3]), (4, [1, 2]), (2, [0, 1]), (8, [5, 6, 7])):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         x[padding] = 0
@@ -309,3 +318,5 @@ def test_padding_tokens_keep_nothing(topk):
         assert cpu_stats[:, 1].tolist() == [m * k] * 3
         kept = cpu_stats[:, 0].tolist()
         assert all(n <= (m - len(padding)) * (k - 100) for n in kept), kept
+        if gating == "zero":  # every nonzero channel of the real tokens, nothing else
+            assert kept == [(m - len(padding)) * k - 100] * 3, kept

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from wina_vllm import calibration_file, compat, envs, metrics
-from wina_vllm.gate import MIN_SCORE
 from wina_vllm.layers import TargetLinear, check_architecture, match_target
 from wina_vllm.settings import (
     DEFAULT_CRITERION,
@@ -148,12 +147,12 @@ class WinaConfig(compat.QuantizationConfig):
         return self.settings.sparsity_of(projection)
 
     def thresholds(self, target: TargetLinear) -> list[float]:
-        """Per-projection thresholds of a layer (unused in top-k mode), at least
-        ``gate.MIN_SCORE``: a zero input is never kept."""
+        """Per-projection thresholds of a layer (unused in top-k mode; 0 keeps every
+        nonzero channel: the gate never keeps a zero score)."""
         if self._calibration is None or self.settings.mode == "topk":
-            return [MIN_SCORE] * len(target.projections)
+            return [0.0] * len(target.projections)
         row = self._calibration.thresholds[target.layer_index]
-        return [max(float(row[PROJECTIONS.index(p)]), MIN_SCORE) for p in target.projections]
+        return [float(row[PROJECTIONS.index(p)]) for p in target.projections]
 
     def check_signature(self, target: TargetLinear, norm_means: torch.Tensor) -> None:
         """Refuse a calibration file made for other weights: ``norm_means`` [S] is each

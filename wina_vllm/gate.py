@@ -3,8 +3,8 @@
 This is the reference the CUDA kernel must match bit for bit on the mask:
 the score of input channel ``i`` for segment ``s`` is ``float32(|x_i|) * c[s, i]``
 with ``c`` the L2 norm of weight column ``i`` of that segment (WINA) or 1 (TEAL),
-and a channel is kept when its score is ``>=`` the threshold, which is never below
-``MIN_SCORE``: a zero score is never kept.
+and a channel is kept when its score is ``>=`` the threshold raised to at least
+``MIN_SCORE``: a zero score is never kept, whatever threshold a caller passes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from wina_vllm.settings import uses_norms
 
 
-# The lowest threshold: a channel with x_i = 0 adds nothing to the product, so it is never
-# read. vLLM pads CUDA-graph steps with such rows (on the H200, speculative decoding's
+# The lowest threshold the gate applies (the comparison raises any lower one to it): a
+# channel with x_i = 0 adds nothing to the product, so it is never read. vLLM pads CUDA-graph steps with such rows (on the H200, speculative decoding's
 # verification steps fed the gate all-zero tokens); under ">= 0" one kept every channel,
 # so the step read the whole weight for it.
 MIN_SCORE = torch.finfo(torch.float32).tiny
@@ -66,9 +66,9 @@ def keep_counts(k: int, sparsities: Sequence[float]) -> list[int]:
 def topk_thresholds(score: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
     """[M, S, K] scores -> [M, S] k-th largest score per token and segment.
 
-    Keeping ``score >= threshold`` then keeps exactly ``keep[s]`` channels unless
-    scores tie, or fewer than ``keep[s]`` are nonzero (the threshold is at least
-    ``MIN_SCORE``). ``keep == 0`` gives +inf (nothing kept), ``keep >= K`` ``MIN_SCORE``.
+    ``gate_mask`` then keeps exactly ``keep[s]`` channels unless scores tie, or fewer
+    than ``keep[s]`` are nonzero (it never keeps a zero score). ``keep == 0`` gives +inf
+    (nothing kept), ``keep >= K`` 0 (every nonzero channel kept).
     """
     m, s, k = score.shape
     out = torch.empty(m, s, dtype=torch.float32, device=score.device)
@@ -76,18 +76,20 @@ def topk_thresholds(score: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
         if n_keep <= 0:
             out[:, j] = float("inf")
         elif n_keep >= k:
-            out[:, j] = MIN_SCORE
+            out[:, j] = 0.0
         else:
-            kth = torch.topk(score[:, j], n_keep, dim=-1, sorted=True).values[:, -1]
-            out[:, j] = kth.clamp_min(MIN_SCORE)
+            out[:, j] = torch.topk(score[:, j], n_keep, dim=-1, sorted=True).values[:, -1]
     return out
 
 
 def gate_mask(score: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """[M, S, K] scores and [M, S] (or [S]) thresholds -> [M, S, K] keep mask."""
+    """[M, S, K] scores and [M, S] (or [S]) thresholds -> [M, S, K] keep mask.
+
+    Thresholds below ``MIN_SCORE`` count as ``MIN_SCORE`` (a NaN one keeps nothing, as in
+    the kernel), so no threshold source can make the gate keep a zero score."""
     if thresholds.dim() == 1:
         thresholds = thresholds.unsqueeze(0)
-    return score >= thresholds.unsqueeze(-1)
+    return score >= thresholds.clamp_min(MIN_SCORE).unsqueeze(-1)
 
 
 def masked_linear(

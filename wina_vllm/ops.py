@@ -52,7 +52,7 @@ def _sparse_linear_torch(x, weight_t, bias, col_scale, thresholds, stats, worksp
     """WINA-gated ``x @ weight_t[:, :N] + bias`` in torch ops, on any device (see the schema).
 
     x: [M, K]; weight_t: [K, ldw]; bias: [N] or None; col_scale: [S, K] float32;
-    thresholds: [S] float32 (threshold mode, each at least ``gate.MIN_SCORE``); stats:
+    thresholds: [S] float32 (threshold mode; below ``gate.MIN_SCORE`` counts as it); stats:
     [S, 2] int64, adds (kept, seen) channel counts of sparse calls; workspace: [workspace_size] int32
     zeros, counters the CUDA kernel leaves zero again; seg_ends: S cumulative widths,
     N = seg_ends[-1]; keep: channels kept per segment (top-k mode, ``topk``).

@@ -4,9 +4,10 @@
 // the weight stored input-major, so a kept input channel i is one contiguous row.
 // Grid: (tiles, chunks). A tile is kTileN = 256 output columns of one segment (a fused
 // projection with its own gate); a chunk is chunk_rows input rows. Each of the 8 warps
-// of a block owns chunk_rows / 8 rows: it scores them (|x| * scale >= thr, for every
-// token), compacts the rows any token keeps into shared memory with ballots (in row
-// order, so results are deterministic), then streams those rows, 16 bytes per lane and
+// of a block owns chunk_rows / 8 rows: it scores them (|x| * scale >= thr for every token,
+// thr raised to at least kMinScore, so a zero score is never kept), compacts the rows any
+// token keeps into shared memory with ballots (in row order, so results are
+// deterministic), then streams those rows, 16 bytes per lane and
 // 8 rows in flight, accumulating in fp32. Rows no token keeps are never read. Warps are
 // summed in shared memory; chunks are summed by the last block to arrive at a tile
 // (arrival counter, one acq_rel atomic per block, reset by the last), in a fixed order,
@@ -115,7 +116,10 @@ __global__ void __launch_bounds__(kThreads) sparse_gemv_kernel(const SparseGemvP
   const float* scale = p.scale + static_cast<size_t>(seg) * p.K;
   float thr[M];
 #pragma unroll
-  for (int m = 0; m < M; ++m) thr[m] = p.thr[m * p.thr_m_stride + seg];
+  for (int m = 0; m < M; ++m) {  // raised to kMinScore; a NaN stays NaN and keeps nothing
+    const float t = p.thr[m * p.thr_m_stride + seg];
+    thr[m] = t < kMinScore ? kMinScore : t;
+  }
 
   // 1. Gate: score this warp's rows for every token and compact the kept ones.
   const int row_begin = chunk * p.chunk_rows + warp * warp_rows;

@@ -12,6 +12,9 @@ constexpr int kThreads = 256;    // threads per block: 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileN = 256;      // output columns per block: 32 lanes x 8 columns (16 bytes)
 constexpr int kMaxChunkRows = 1024;
+// The lowest threshold the gate applies (FLT_MIN, gate.py's MIN_SCORE): a lower one is
+// raised to it when loaded, so a zero score is never kept whatever the thresholds say.
+constexpr float kMinScore = 1.17549435e-38f;
 
 // Everything one launch of the fused gate + sparse GEMV needs.
 struct SparseGemvParams {

@@ -7,9 +7,8 @@
 // pass histograms the keys that match the digits found so far (2048 bins; the first
 // pass's bins are exponent plus 3 mantissa bits, so keys spread and shared-memory
 // atomics rarely collide), then a block-wide scan from the top bin finds the digit.
-// thr[m, s] is that key, at least FLT_MIN (a zero score is never kept: gate.py's
-// MIN_SCORE), so the gate's ">= thr" keeps exactly k channels unless scores tie or fewer
-// than k are nonzero.
+// thr[m, s] is that key, so the gate's ">= thr" (which never keeps a zero score) keeps
+// exactly k channels unless scores tie or fewer than k are nonzero.
 //
 // Latency, which is all this kernel costs at decode: the scale (static weights) is loaded
 // before waiting for the previous kernel (programmatic dependent launch), x after, both
@@ -19,14 +18,13 @@
 //
 // Constraints: K * 4 bytes of shared memory (kernels.check_keep raises ValueError beyond
 // the GPU's opt-in bound). keep[s] <= 0 gives
-// +inf (keep nothing) and keep[s] >= K gives FLT_MIN (keep every nonzero channel).
+// +inf (keep nothing) and keep[s] >= K gives 0 (keep every nonzero channel).
 #pragma once
 
 #include "sparse_gemv.cuh"
 
 namespace wina {
 
-constexpr float kMinScore = 1.17549435e-38f;  // FLT_MIN, gate.py's MIN_SCORE
 constexpr int kSelectThreads = 1024;
 constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kSelectBins = 2048;  // 2 bins per thread
@@ -48,7 +46,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   allow_next_kernel_launch();
   if (k <= 0 || k >= K) {
     wait_for_previous_kernel();  // thr may still be read by the previous kernel
-    if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : kMinScore;
+    if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : 0.f;
     return;
   }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -140,7 +138,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
     mask |= digit_mask << shift;
     __syncthreads();
   }
-  if (tid == 0) thr[m * S + s] = fmaxf(__uint_as_float(s_prefix), kMinScore);
+  if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
 template <typename T>
