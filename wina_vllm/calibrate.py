@@ -18,6 +18,7 @@ import torch
 
 from wina_vllm import calibration_file as cf
 from wina_vllm import greedy
+from wina_vllm.layers import hf_decoder_layers
 from wina_vllm.settings import DEFAULT_CRITERION, PROJECTIONS, uses_norms
 
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -79,7 +80,7 @@ def norm_means(layers: list[dict[str, ProjectionSamples]]) -> torch.Tensor:
 def collect_hf(model: torch.nn.Module, texts: list[torch.Tensor], criterion: str,
                progress: Callable | None = None, seed: int = 0) -> list[dict[str, ProjectionSamples]]:
     """Run a transformers decoder on token batches; return per-layer projection samples."""
-    decoder_layers = model.model.layers
+    decoder_layers = hf_decoder_layers(model)
     gen = torch.Generator().manual_seed(seed)
     layers: list[dict[str, ProjectionSamples]] = []
     handles = []

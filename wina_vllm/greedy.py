@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from wina_vllm.gate import criterion_scale
+from wina_vllm.layers import hf_decoder_layers
 from wina_vllm.settings import PROJECTIONS
 
 STEP = 0.1  # a layer's forward per projection per step: 0.05 doubles the calibration time
@@ -25,10 +26,10 @@ MAX_SPARSITY = 0.9
 
 def capture_layer_inputs(model: torch.nn.Module, texts: list[torch.Tensor]) -> list[list]:
     """Each decoder layer's (args, kwargs) for every text, from one dense forward each."""
-    captured: list[list] = [[] for _ in model.model.layers]
+    captured: list[list] = [[] for _ in hf_decoder_layers(model)]
     handles = [layer.register_forward_pre_hook(
         lambda mod, args, kwargs, i=i: captured[i].append((args, kwargs)), with_kwargs=True)
-        for i, layer in enumerate(model.model.layers)]
+        for i, layer in enumerate(hf_decoder_layers(model))]
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
@@ -127,7 +128,7 @@ def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dic
         thresholds = {p: [quantile(scores[p], q) for q in levels] for p in PROJECTIONS}
         scale = {p: criterion_scale(samples[p].norms, criterion, p) for p in PROJECTIONS}
         params = {p: samples[p].weight.numel() for p in PROJECTIONS}
-        layer = model.model.layers[i]
+        layer = hf_decoder_layers(model)[i]
         path = layer_path(layer, inputs[i], modules_of(layer), scale, thresholds, params,
                           max(targets))
         out.append({t: allocation_at(path, t) for t in targets})

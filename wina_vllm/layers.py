@@ -16,8 +16,10 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",  # Gemma 3 4B-27B: the language model is gated
     "WinaLlamaForCausalLM",  # a Llama checkpoint made by `wina-vllm transform`
 )
 
@@ -43,8 +45,16 @@ class TargetLinear:
     projections: tuple[str, ...]
 
 
+# The image side of a vision-language model stays dense: its encoder (SigLIP's layers are
+# also named ``layers.N.self_attn.qkv_proj``) runs once per image, at prefill.
+_TOWER = re.compile(r"(?:^|\.)(?:vision_tower|vision_model|visual|multi_modal_projector)\.")
+
+
 def match_target(prefix: str) -> TargetLinear | None:
-    """Return the target for a module prefix such as ``model.layers.3.mlp.down_proj``."""
+    """Return the target for a module prefix such as ``model.layers.3.mlp.down_proj`` (or
+    ``language_model.model.layers.3.mlp.down_proj`` in a vision-language model)."""
+    if _TOWER.search(prefix):
+        return None
     m = _TARGET.search(prefix)
     if m is None:
         return None
@@ -60,3 +70,10 @@ def check_architecture(architectures: list[str] | None) -> None:
             f"wina: unsupported model architecture {archs}; supported: "
             f"{list(SUPPORTED_ARCHITECTURES)}. Serve it without --quantization wina."
         )
+
+
+def hf_decoder_layers(model):
+    """The text decoder layers of a transformers causal LM: ``model.model.layers``, or its
+    language model's in a vision-language one (Gemma3ForConditionalGeneration)."""
+    inner = model.model
+    return getattr(inner, "language_model", inner).layers

@@ -11,6 +11,7 @@ import torch
 
 from wina_vllm.calibrate import HF_MODULES
 from wina_vllm.gate import criterion_scale
+from wina_vllm.layers import hf_decoder_layers
 from wina_vllm.settings import PROJECTIONS
 
 
@@ -38,7 +39,7 @@ class ReferenceGate:
 
 def decoder_layers(model):
     """The decoder layers, unwrapped where the transform wrapped them."""
-    return [getattr(layer, "layer", layer) for layer in model.model.layers]
+    return [getattr(layer, "layer", layer) for layer in hf_decoder_layers(model)]
 
 
 def make_gates(model, criterion: str, sparsity: float, calibration=None,

