@@ -1,14 +1,19 @@
 """Tiny random models with a locally trained tokenizer, for demos and engine tests.
 
-No model hub is reachable on CI, so the project builds its own: a few-layer
-Llama, Qwen2, Qwen3, Gemma, Gemma2, Gemma3 (text-only or vision-language) or Mistral with seeded random weights and a byte-level BPE
-tokenizer trained on :func:`wina_vllm.text.stdlib_prose`; and random LoRA adapters
-for any Llama-shaped config (tests, and the serving benchmark's LoRA runs).
+No model hub is reachable on CI, so the project builds its own: a few-layer Llama, Qwen2,
+Qwen3, Gemma, Gemma2, Gemma3 (text-only or vision-language) or Mistral with seeded random
+weights and a byte-level BPE tokenizer trained on :func:`wina_vllm.text.stdlib_prose`;
+and random LoRA adapters for any Llama-shaped config (tests, and the serving benchmark's
+LoRA runs).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -21,7 +26,9 @@ _IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
 
 
 def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = None,
-                     literal: tuple[str, ...] = ()):
+                     literal: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Train, save and return the tokenizer; ``extra`` names special tokens (attributes
+    such as ``image_token``), ``literal`` adds plain strings as whole tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
