@@ -3,8 +3,10 @@
 # (10 minutes), from the repo root after `source benchmarks/device_env.sh`:
 #   OUT=dir bash benchmarks/device_suite.sh kernel         # no vLLM needed: every test but
 #                       # the engine and server tests (~75 s), then kernel_bench.py --quick
-#   OUT=dir bash benchmarks/device_suite.sh bf16-arch      # vLLM: bf16 kernels in every
-#                       # architecture's engine (~430 s)
+#   OUT=dir bash benchmarks/device_suite.sh bf16-arch      # vLLM: bf16 kernels in the
+#                       # Llama, Mistral, Gemma and Qwen2 engines (~390 s)
+#   OUT=dir bash benchmarks/device_suite.sh bf16-arch2     # vLLM: the same in Qwen3, Gemma2,
+#                       # Gemma3 and Gemma 3 vision-language, and the latter calibrated (~450 s)
 #   OUT=dir bash benchmarks/device_suite.sh bf16-compiled  # vLLM: default compilation, CUDA
 #                       # graphs, padded speculative steps, graph sizes (~360 s)
 #   OUT=dir bash benchmarks/device_suite.sh engine         # vLLM: the float32 engine tests
@@ -31,12 +33,15 @@ case "$stage" in
     tail -1 "$OUT/tests_kernel.log"
     timeout 120 python benchmarks/kernel_bench.py --quick --out "$OUT/quick" > "$OUT/quick.log" 2>&1
     grep "| 1 |" "$OUT/quick/kernel_bench.md" ;;
-  bf16-arch) run_tests 540 tests_bf16_arch.log tests/test_engine.py -k bf16_kernels ;;
+  bf16-arch) run_tests 540 tests_bf16_arch.log tests/test_engine.py \
+      -k "bf16_kernels and (llama or mistral or gemma] or qwen2)" ;;
+  bf16-arch2) run_tests 570 tests_bf16_arch2.log tests/test_engine.py \
+      -k "(bf16_kernels and (qwen3 or gemma2 or gemma3)) or vision_language" ;;
   bf16-compiled)
     run_tests 540 tests_bf16_compiled.log tests/test_engine.py -k "bf16_tiny or between_graph" ;;
   engine)
     run_tests 570 tests_engine.log tests/test_server.py tests/test_engine.py \
       -k "not bf16 and not between_graph" ;;
-  *) echo "stage: got '$stage'; accepted: kernel, bf16-arch, bf16-compiled, engine" >&2
+  *) echo "stage: got '$stage'; accepted: kernel, bf16-arch, bf16-arch2, bf16-compiled, engine" >&2
      exit 2 ;;
 esac
