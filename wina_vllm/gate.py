@@ -17,9 +17,10 @@ from wina_vllm.settings import uses_norms
 
 
 # The lowest threshold the gate applies (the comparison raises any lower one to it): a
-# channel with x_i = 0 adds nothing to the product, so it is never read. vLLM pads CUDA-graph steps with such rows (on the H200, speculative decoding's
-# verification steps fed the gate all-zero tokens); under ">= 0" one kept every channel,
-# so the step read the whole weight for it.
+# channel with x_i = 0 adds nothing to the product, so it is never read. vLLM pads
+# CUDA-graph steps with such rows (on the H200, speculative decoding's verification steps
+# fed the gate all-zero tokens); under ">= 0" one kept every channel, so the step read the
+# whole weight for it.
 MIN_SCORE = torch.finfo(torch.float32).tiny
 
 
