@@ -107,7 +107,8 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
         return out
     _hub_vision_names(out / "model.safetensors")
     # vLLM's Gemma 3 processing looks up 1 to 4 newlines as tokens, as Gemma's vocabulary has
-    tok = _train_tokenizer(out, vocab_size, _IMAGE_TOKENS, literal=tuple("\n" * n for n in range(1, 5)))
+    newlines = tuple("\n" * n for n in range(1, 5))
+    tok = _train_tokenizer(out, vocab_size, _IMAGE_TOKENS, literal=newlines)
     assert tok.convert_tokens_to_ids(_IMAGE_TOKENS["image_token"]) == config.image_token_index
     processor = getattr(tf, "Gemma3ImageProcessorPil", None) or tf.Gemma3ImageProcessor
     image = processor(size={"height": 28, "width": 28})  # the PIL one needs no torchvision
