@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from wina_vllm.settings import CRITERIA, DEFAULT_CRITERION
+from wina_vllm.tiny_model import ARCHS
 
 DEFAULT_HOME = Path.home() / ".cache" / "wina-vllm"
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("tiny-model", help="build a tiny random model with a local tokenizer")
     p.add_argument("out")
-    p.add_argument("--arch", default="llama", choices=["llama", "qwen2", "gemma3"])
+    p.add_argument("--arch", default="llama", choices=ARCHS)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_tiny_model)
 
