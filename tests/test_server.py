@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import engine_env, requires_vllm
+from conftest import engine_env, gpu_count, requires_vllm
 
 pytestmark = [requires_vllm, pytest.mark.server]
 requests = pytest.importorskip("requests")
@@ -23,11 +23,9 @@ def _free_port() -> int:
 
 
 def _serve_cmd(model, port, config: str) -> list[str]:
-    import torch
-
     # On a GPU the module's server holds its memory share while a start-up test runs a
     # second one, which vLLM's default share (0.92) would refuse before reading any setting.
-    share = ["--gpu-memory-utilization", "0.3"] if torch.cuda.is_available() else []
+    share = ["--gpu-memory-utilization", "0.3"] if gpu_count() else []
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--quantization", "wina",
             "--additional-config", config, "--enforce-eager", "--dtype", "float32",

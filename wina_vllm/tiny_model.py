@@ -21,6 +21,7 @@ CHAT_TEMPLATE = (
 )
 ARCHS = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "mistral", "gemma3-mm")
 VISION_LANGUAGE = ("gemma3-mm",)
+_SPECIALS = ("<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>")  # ids 0..5
 _IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                  "image_token": "<image_soft_token>"}
 
@@ -37,8 +38,7 @@ def _train_tokenizer(out: Path, vocab_size: int, extra: dict[str, str] | None = 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>",
-                *(extra or {}).values(), *literal]
+    specials = [*_SPECIALS, *(extra or {}).values(), *literal]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(stdlib_prose(60_000).split("\n\n"), trainer)
@@ -76,7 +76,7 @@ def _config(arch: str, vocab_size: int):
         text = {**common, "tie_word_embeddings": True, "head_dim": 32, "sliding_window": 64}
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, image_size=28, patch_size=14, vision_use_head=False)
-        ids = {k: 6 + i for i, k in enumerate(_IMAGE_TOKENS)}  # after the 6 specials
+        ids = {k: len(_SPECIALS) + i for i, k in enumerate(_IMAGE_TOKENS)}  # trained next
         return tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
                                boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
                                image_token_index=ids["image_token"], tie_word_embeddings=True)
