@@ -9,6 +9,9 @@
 #                       # Gemma3 and Gemma 3 vision-language, and the latter calibrated (~450 s)
 #   OUT=dir bash benchmarks/device_suite.sh bf16-compiled  # vLLM: default compilation, CUDA
 #                       # graphs, padded speculative steps, graph sizes (~360 s)
+#   OUT=dir bash benchmarks/device_suite.sh parallel       # vLLM, 2 GPUs: pipeline and tensor
+#                       # parallelism against one process, the Prometheus endpoints (~420 s)
+#   OUT=dir bash benchmarks/device_suite.sh server         # vLLM: the OpenAI server tests (~300 s)
 #   OUT=dir bash benchmarks/device_suite.sh engine         # vLLM: the float32 engine tests
 #                       # and the server tests, as far as the time limit lets them go
 # An eager vLLM 0.26 engine took about 50 s to start there (fourteenth session), so a stage
@@ -39,9 +42,12 @@ case "$stage" in
       -k "(bf16_kernels and (qwen3 or gemma2 or gemma3)) or vision_language" ;;
   bf16-compiled)
     run_tests 540 tests_bf16_compiled.log tests/test_engine.py -k "bf16_tiny or between_graph" ;;
+  parallel) run_tests 570 tests_parallel.log tests/test_engine.py \
+      -k "pipeline_parallel or tensor_parallel or prometheus" ;;
+  server) run_tests 570 tests_server.log tests/test_server.py ;;
   engine)
     run_tests 570 tests_engine.log tests/test_server.py tests/test_engine.py \
       -k "not bf16 and not between_graph" ;;
-  *) echo "stage: got '$stage'; accepted: kernel, bf16-arch, bf16-arch2, bf16-compiled, engine" >&2
+  *) echo "stage: got '$stage'; accepted: kernel, bf16-arch, bf16-arch2, bf16-compiled, parallel, server, engine" >&2
      exit 2 ;;
 esac

