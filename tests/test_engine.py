@@ -273,7 +273,10 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     two = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=16,
                          wina=thr, tp=2))
     assert two["tokens"] == one["tokens"]
-    assert max(abs(a - b) for a, b in zip(two["logprobs"][0], one["logprobs"][0])) < 1e-4
+    # On GPUs the row-parallel layers' all-reduce adds the ranks' float32 partial products in
+    # another order than one process's product does (1.8e-4 apart on two H200s).
+    tolerance = 1e-3 if _cuda() else 1e-4
+    assert max(abs(a - b) for a, b in zip(two["logprobs"][0], one["logprobs"][0])) < tolerance
     # Rank 0's counters: column-parallel layers gate the whole input, as one process does.
     column_parallel = {name: s for name, s in one["sparsity"].items()
                        if name.endswith(("qkv_proj", "gate_up_proj"))}
