@@ -108,6 +108,21 @@ def test_prometheus_endpoint_reports_realized_sparsity(tiny_models):
     assert tokens == [r["sparse_tokens"]] == [33], tokens
 
 
+def test_metrics_port_in_use_is_named(tiny_models):
+    """A taken metrics port stops start-up with an error naming the setting and the port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=2,
+                       wina={"sparsity": 0.5, "metrics_port": port})
+    assert r.get("error")
+    assert f"wina setting 'metrics_port': got {port}" in r["output"], r["output"][-3000:]
+    assert f"cannot serve on port {port}" in r["output"]
+
+
 def test_methods_are_chosen_per_layer(tiny_models):
     r = _ok(run_engine(model=str(tiny_models["llama"]),
                        wina={"sparsity": {"q": 0.5, "gate": 0.5, "down": 0.3},

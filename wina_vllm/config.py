@@ -187,7 +187,15 @@ class WinaConfig(compat.QuantizationConfig):
             list(s.skip_layers))
         compat.after_warm_up(metrics.reset)
         if s.metrics_port is not None:
-            port = s.metrics_port + compat.local_rank()
-            if metrics.serve(port):
+            rank = compat.local_rank()
+            port = s.metrics_port + rank
+            try:
+                served = metrics.serve(port)
+            except (OSError, OverflowError) as e:
+                raise ValueError(
+                    f"wina setting 'metrics_port': got {s.metrics_port}, but this worker (local "
+                    f"rank {rank}) cannot serve on port {port}: {e}. Accepted: a port such that "
+                    "port + r is free for every worker r of the node, or null") from e
+            if served:
                 logger.info("wina: realized sparsity for Prometheus at http://0.0.0.0:%d/metrics",
                             port)
