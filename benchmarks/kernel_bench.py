@@ -10,6 +10,8 @@ token keeps, times the row length. Writes JSON, a markdown table and a PNG.
 Usage: python benchmarks/kernel_bench.py --out benchmarks/results [--models llama3-8b]
        python benchmarks/kernel_bench.py --out DIR --quick   (threshold mode vs cuBLAS only,
            M = 1 and 2 at 0 / 0.5 / 0.65: an A/B of two builds in a few seconds each)
+       python benchmarks/kernel_bench.py --out DIR --hf-config MODEL/config.json --tp 4
+           (your model's layers as one GPU of a tensor-parallel group holds them)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from teal_triton import CONFIGS, teal_sparse_gemv  # noqa: E402
 
 from wina_vllm import gate, kernels  # noqa: E402
 from wina_vllm.packing import pack_linear  # noqa: E402
-from wina_vllm.shapes import LAYER_SHAPES  # noqa: E402
+from wina_vllm.shapes import LAYER_SHAPES, shapes_from_config  # noqa: E402
 
 TOKENS = [1, 2, 4, 8]
 SPARSITIES = [0.0, 0.25, 0.5, 0.65, 0.8]
@@ -186,7 +188,12 @@ def write_report(result: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--models", nargs="+", default=["llama3-8b"])
+    ap.add_argument("--models", nargs="+", choices=sorted(LAYER_SHAPES),
+                    help="built-in layer tables (default: llama3-8b, unless --hf-config)")
+    ap.add_argument("--hf-config", nargs="+", type=Path, default=[],
+                    help="config.json files of models to take the layers of")
+    ap.add_argument("--tp", type=int, default=1,
+                    help="with --hf-config: tensor-parallel size (each GPU's shard)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--quick", action="store_true",
                     help="threshold mode and cuBLAS only, M = 1 and 2, sparsity 0 / 0.5 / 0.65")
@@ -197,9 +204,14 @@ def main() -> None:
     kernels.load()
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    tables = {m: LAYER_SHAPES[m] for m in args.models or ([] if args.hf_config else
+                                                          ["llama3-8b"])}
+    for path in args.hf_config:
+        name = f"{path.resolve().parent.name}-tp{args.tp}"
+        tables[name] = shapes_from_config(json.loads(path.read_text()), args.tp)
     points = []
-    for model in args.models:
-        for layer, (k, segments) in LAYER_SHAPES[model].items():
+    for model, layers in tables.items():
+        for layer, (k, segments) in layers.items():
             points += bench_layer(f"{model}/{layer}", k, segments, dtype, bw, args.quick)
     dense_path = [] if args.quick else (bench_dense_path(4096, 4096, dtype) +
                                         bench_dense_path(4096, 28672, dtype))

@@ -8,23 +8,26 @@ import sys
 
 
 def layer_report(model) -> dict:
-    """Per gated layer: realized sparsity per projection, and each linear's method; the
-    tokens that ran the sparse path."""
+    """Per gated layer: realized sparsity per projection, and each linear's method and
+    shape on this worker ([K, projections' widths]); the tokens that ran the sparse path."""
     from wina_vllm.metrics import realized_sparsity, sparse_tokens
 
     methods = {name: type(m.quant_method).__name__ for name, m in model.named_modules()
                if hasattr(m, "quant_method") and m.quant_method is not None}
-    return {"sparsity": realized_sparsity(model), "methods": methods,
+    shapes = {name: [int(m.weight.shape[0]), [int(w) for w in m.wina_segment_sizes]]
+              for name, m in model.named_modules()
+              if getattr(m, "wina_segment_sizes", None) is not None}
+    return {"sparsity": realized_sparsity(model), "methods": methods, "shapes": shapes,
             "sparse_tokens": sparse_tokens(model)}
 
 
 def merge_reports(reports: list[dict]) -> dict:
     """One report from every worker's: each layer as the first worker holding it reports
     it (TP rank 0 for layers every rank holds; under pipeline parallelism, its stage's)."""
-    merged = {"sparsity": {}, "methods": {}, "sparse_tokens": reports[0]["sparse_tokens"],
-              "workers": len(reports)}
+    merged = {"sparsity": {}, "methods": {}, "shapes": {},
+              "sparse_tokens": reports[0]["sparse_tokens"], "workers": len(reports)}
     for report in reports:
-        for key in ("sparsity", "methods"):
+        for key in ("sparsity", "methods", "shapes"):
             for name, value in report[key].items():
                 merged[key].setdefault(name, value)
     return merged

@@ -17,6 +17,25 @@ PROMPTS = ["The module provides a way to", "Return the number of items in", "A c
 SPARSE_STEPS = {"max_sparse_batch": 8}
 
 
+def _expected_shapes(model_dir, tp: int = 1) -> dict[str, list]:
+    """shapes_from_config's table in the engine report's form, per gated linear's name."""
+    from wina_vllm.shapes import shapes_from_config
+
+    table = shapes_from_config(json.loads((model_dir / "config.json").read_text()), tp)
+    names = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
+             "down": "mlp.down_proj"}
+    return {names[layer]: [k, list(widths)] for layer, (k, widths) in table.items()}
+
+
+def _check_shapes(report: dict, model_dir, tp: int = 1) -> None:
+    """Every gated linear holds the shape shapes_from_config gives for this TP size (what
+    kernel_bench.py --hf-config times)."""
+    expected = _expected_shapes(model_dir, tp)
+    assert report["shapes"], "no gated linear reported"
+    for name, shape in report["shapes"].items():
+        assert shape == expected[name.split(".layers.")[-1].split(".", 1)[1]], (name, shape)
+
+
 def _ok(result: dict) -> dict:
     assert not result.get("error"), result.get("output")
     return result
@@ -45,6 +64,7 @@ def test_half_sparsity_is_realized_in_every_layer(tiny_models, dense, arch, crit
     r = _ok(run_engine(model=str(tiny_models[arch]), prompts=PROMPTS,
                        wina={"sparsity": 0.5, "criterion": criterion, **SPARSE_STEPS}))
     assert all(len(t) == 12 for t in r["tokens"])
+    _check_shapes(r, tiny_models[arch])
     layers = r["sparsity"]
     assert len(layers) == 2 * 4  # 2 decoder layers x (qkv, o, gate_up, down)
     for name, per_proj in layers.items():
@@ -288,6 +308,8 @@ def test_tensor_parallel_gates_as_one_process(tiny_models, tmp_path):
     two = _ok(run_engine(model=str(tiny_models["llama"]), prompts=PROMPTS[:1], max_tokens=16,
                          wina=thr, tp=2))
     assert two["tokens"] == one["tokens"]
+    _check_shapes(one, tiny_models["llama"])
+    _check_shapes(two, tiny_models["llama"], tp=2)
     # On GPUs the row-parallel layers' all-reduce adds the ranks' float32 partial products in
     # another order than one process's product does (1.8e-4 apart on two H200s).
     tolerance = 1e-3 if _cuda() else 1e-4

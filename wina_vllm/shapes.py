@@ -2,9 +2,14 @@
 
 Used by the kernel tests and benchmarks so both cover the same layers. Widths are
 at tensor-parallel size 1; fused layers list one width per projection.
+``shapes_from_config`` derives the same table for any supported checkpoint's
+config.json, as one GPU holds it under tensor parallelism, so a user can benchmark
+the kernel on their own model's layers before serving it.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 LAYER_SHAPES: dict[str, dict[str, tuple[int, tuple[int, ...]]]] = {
     "llama3-8b": {
@@ -39,3 +44,34 @@ def all_shapes() -> list[tuple[str, int, tuple[int, ...]]]:
     """(``model/layer``, K, segment widths) for every layer above."""
     return [(f"{model}/{layer}", k, segs)
             for model, layers in LAYER_SHAPES.items() for layer, (k, segs) in layers.items()]
+
+
+def shapes_from_config(config: Mapping[str, Any],
+                       tp: int = 1) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """The four gated linears of a decoder layer as one GPU of a ``tp``-way tensor-parallel
+    group holds them: q/k/v and gate/up split by output columns, o and down by input rows,
+    as vLLM shards them. ``config`` is a Hugging Face config (a vision-language model's
+    language model is read from its ``text_config``)."""
+    config = config.get("text_config") or config
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_attention_heads")
+               if not isinstance(config.get(k), int)]
+    if missing:
+        raise ValueError(f"config: {missing} missing or not integers; accepted: a Hugging Face "
+                         "config.json of a decoder-only model (or with a text_config)")
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"tp: got {tp!r}; accepted: a positive integer")
+    if heads % tp or inter % tp:
+        raise ValueError(f"tp: got {tp}; accepted: a divisor of the attention heads ({heads}) "
+                         f"and the MLP width ({inter})")
+    # vLLM replicates k/v heads when there are fewer than ranks: each rank holds one.
+    kv_local = max(kv_heads // tp, 1) if kv_heads % tp == 0 or tp % kv_heads == 0 else None
+    if kv_local is None:
+        raise ValueError(f"tp: got {tp}; accepted: a divisor or multiple of the key/value "
+                         f"heads ({kv_heads})")
+    q, kv, mlp = heads // tp * head_dim, kv_local * head_dim, inter // tp
+    return {"qkv": (hidden, (q, kv, kv)), "o": (q, (hidden,)),
+            "gate_up": (hidden, (mlp, mlp)), "down": (mlp, (hidden,))}
