@@ -10,8 +10,8 @@
 #   OUT=dir bash benchmarks/device_suite.sh bf16-compiled  # vLLM: default compilation, CUDA
 #                       # graphs, padded speculative steps, graph sizes (~360 s)
 #   OUT=dir bash benchmarks/device_suite.sh parallel       # vLLM, 2 GPUs: pipeline and tensor
-#                       # parallelism against one process, the Prometheus endpoints (~420 s)
-#   OUT=dir bash benchmarks/device_suite.sh server         # vLLM: the OpenAI server tests (~300 s)
+#                       # parallelism against one process, the Prometheus endpoints (~260 s)
+#   OUT=dir bash benchmarks/device_suite.sh server         # vLLM: the OpenAI server tests (~130 s)
 #   OUT=dir bash benchmarks/device_suite.sh engine         # vLLM: the float32 engine tests
 #                       # and the server tests, as far as the time limit lets them go
 # An eager vLLM 0.26 engine took about 50 s to start there (fourteenth session), so a stage
