@@ -148,6 +148,8 @@ def test_methods_are_chosen_per_layer(tiny_models):
                        wina={"sparsity": {"q": 0.5, "gate": 0.5, "down": 0.3},
                              "skip_layers": [1]}))
     m = r["methods"]
+    # (0.5 + 0 + 0 + 0.5 + 0 + 0.3) / 6 over the gated linears' projections, in top-k mode
+    assert "wina: top-k mode at mean sparsity 0.22 decodes at about dense speed" in r["log"]
     assert m["model.layers.0.self_attn.qkv_proj"] == "WinaLinearMethod"
     assert m["model.layers.0.mlp.gate_up_proj"] == "WinaLinearMethod"
     assert m["model.layers.0.mlp.down_proj"] == "WinaLinearMethod"

@@ -147,3 +147,15 @@ def test_compile_cache_key_covers_op_choice_and_calibration_contents(tmp_path, m
     assert factors["native_op"] is False and python_op != native
     cal.write_bytes(b"recalibrated, same path")
     assert _config_hash(wina, monkeypatch, "1")[0] != native
+
+
+def test_topk_mode_at_low_sparsity_warns_of_its_speed():
+    from wina_vllm.settings import topk_speed_warning
+
+    low = topk_speed_warning(parse_settings({"sparsity": 0.25}), [0.25] * 7)
+    assert low is not None and "mean sparsity 0.25" in low and "'threshold'" in low
+    assert topk_speed_warning(parse_settings({"sparsity": 0.5}), [0.5] * 7) is None
+    assert topk_speed_warning(parse_settings({"sparsity": 0.25, "prefill": "sparse"}),
+                              [0.25] * 7) is None  # accuracy runs: speed is not the point
+    threshold = parse_settings({"mode": "threshold", "calibration": "c.safetensors"})
+    assert topk_speed_warning(threshold, [0.25] * 7) is None

@@ -56,9 +56,9 @@ def tp_world_size() -> int:
 def local_rank() -> int:
     """This worker's index among the workers on its node, 0 outside vLLM's process groups.
 
-    vLLM numbers every worker of a node apart, across tensor, pipeline and data
-    parallelism (on GPUs, the device it drives), unlike the tensor-parallel rank, which
-    repeats in each pipeline stage and data-parallel engine.
+    vLLM numbers the workers of a node apart across tensor and pipeline parallelism, and
+    on GPUs, where it is the device the worker drives, across data-parallel engines too;
+    the tensor-parallel rank repeats in each pipeline stage and data-parallel engine.
     """
     from vllm.distributed import parallel_state
 

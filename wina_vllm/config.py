@@ -23,6 +23,7 @@ from wina_vllm.settings import (
     check_graph_sizes,
     check_speculative,
     parse_settings,
+    topk_speed_warning,
 )
 
 logger = compat.get_logger(__name__)
@@ -185,6 +186,9 @@ class WinaConfig(compat.QuantizationConfig):
             "other layers", len(self._ready), len(layers), s.criterion, s.mode, s.prefill,
             s.max_sparse_batch, summary, self._native, len(self._ready) - self._native,
             list(s.skip_layers))
+        warning = topk_speed_warning(s, [v for sp in per_proj.values() for v in sp])
+        if warning:
+            logger.warning(warning)
         compat.after_warm_up(metrics.reset)
         if s.metrics_port is not None:
             rank = compat.local_rank()

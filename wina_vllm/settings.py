@@ -79,6 +79,26 @@ def check_speculative(settings: WinaSettings, num_speculative_tokens: int) -> No
             "4 tokens a step, benchmarks/RESULTS.md), or serve without speculative decoding")
 
 
+# Below this mean sparsity, top-k mode's per-call select costs about what the skipped rows
+# save: on the H200, Llama-3-8B decoded at 1.01x dense at 0.25 and 1.20x at 0.5 in top-k
+# mode, against 1.16x and 1.43x in threshold mode (benchmarks/RESULTS.md, section 2).
+TOPK_SLOW_BELOW = 0.4
+
+
+def topk_speed_warning(settings: WinaSettings, sparsities: list[float]) -> str | None:
+    """The start-up warning for top-k mode at a mean sparsity (over the gated projections)
+    where it decodes at about dense speed; None where there is nothing to warn of."""
+    if settings.mode != "topk" or settings.prefill == "sparse" or not sparsities:
+        return None
+    mean = sum(sparsities) / len(sparsities)
+    if mean >= TOPK_SLOW_BELOW:
+        return None
+    return (f"wina: top-k mode at mean sparsity {mean:.2f} decodes at about dense speed: each "
+            "call's select costs about what the skipped rows save (H200, Llama-3-8B at 0.25: "
+            "1.01x dense in top-k mode, 1.16x in threshold mode). For speed, serve mode "
+            "'threshold' with a calibration file (wina-vllm calibrate)")
+
+
 def check_graph_sizes(settings: WinaSettings, capture_sizes: list[int]) -> None:
     """Refuse a ``max_sparse_batch`` that vLLM's CUDA graphs would pad past.
 
