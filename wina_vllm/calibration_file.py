@@ -26,13 +26,12 @@ from typing import Any
 import torch
 
 from wina_vllm.settings import CRITERIA, PROJECTIONS
+from wina_vllm.shapes import SIZE_KEYS, model_sizes
 
 FORMAT = "wina-calibration"
 FORMAT_VERSION = 1
 SIGNATURE_RTOL = 0.02
 _TABLES = ("thresholds", "sparsity", "norm_mean")
-_SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "vocab_size")
 
 
 @dataclass
@@ -53,15 +52,8 @@ class Calibration:
 
 def model_fingerprint(hf_config: Any, norm_mean: torch.Tensor) -> dict[str, Any]:
     """Architecture, shapes and a hash of the weight signature of a model."""
-    text = getattr(hf_config, "text_config", None) or hf_config
     fp: dict[str, Any] = {"architecture": list(getattr(hf_config, "architectures", None) or [])}
-    for key in _SHAPE_KEYS:
-        value = getattr(text, key, None)
-        if key == "head_dim" and value is None:
-            value = text.hidden_size // text.num_attention_heads
-        if key == "num_key_value_heads" and value is None:
-            value = text.num_attention_heads
-        fp[key] = value
+    fp.update(model_sizes(hf_config))
     rounded = norm_mean.to(torch.float32).mul(100).round().to(torch.int64).numpy().tobytes()
     fp["weights_sha256"] = hashlib.sha256(rounded).hexdigest()
     return fp
@@ -136,7 +128,7 @@ def check_model(cal: Calibration, hf_config: Any, criterion: str, path: Any) -> 
         raise _bad(path, f"it was calibrated for criterion {cal.criterion!r} but the "
                    f"settings ask for {criterion!r}")
     expected = model_fingerprint(hf_config, cal.norm_mean)
-    for key in ("architecture",) + _SHAPE_KEYS:
+    for key in ("architecture",) + SIZE_KEYS:
         if cal.fingerprint.get(key) != expected[key]:
             raise _bad(path, f"model mismatch: {key} is {cal.fingerprint.get(key)!r} in the "
                        f"file and {expected[key]!r} in the model being served")

@@ -46,22 +46,43 @@ def all_shapes() -> list[tuple[str, int, tuple[int, ...]]]:
             for model, layers in LAYER_SHAPES.items() for layer, (k, segs) in layers.items()]
 
 
+SIZE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "vocab_size")
+
+
+def model_sizes(config: Any) -> dict[str, Any]:
+    """The decoder's sizes (``SIZE_KEYS``) from a Hugging Face config, as a transformers
+    object or as config.json's dict; a vision-language model's from its ``text_config``.
+    Unset key/value heads and head_dim take transformers' defaults: every head, and
+    hidden size / heads."""
+    def getter(c: Any):
+        return c.get if isinstance(c, Mapping) else lambda key: getattr(c, key, None)
+
+    text = getter(config)("text_config") or config
+    sizes = {key: getter(text)(key) for key in SIZE_KEYS}
+    hidden, heads = sizes["hidden_size"], sizes["num_attention_heads"]
+    if sizes["num_key_value_heads"] is None:
+        sizes["num_key_value_heads"] = heads
+    if sizes["head_dim"] is None and isinstance(hidden, int) and isinstance(heads, int):
+        sizes["head_dim"] = hidden // heads
+    return sizes
+
+
 def shapes_from_config(config: Mapping[str, Any],
                        tp: int = 1) -> dict[str, tuple[int, tuple[int, ...]]]:
     """The four gated linears of a decoder layer as one GPU of a ``tp``-way tensor-parallel
     group holds them: q/k/v and gate/up split by output columns, o and down by input rows,
     as vLLM shards them. ``config`` is a Hugging Face config (a vision-language model's
     language model is read from its ``text_config``)."""
-    config = config.get("text_config") or config
+    sizes = model_sizes(config)
     missing = [k for k in ("hidden_size", "intermediate_size", "num_attention_heads")
-               if not isinstance(config.get(k), int)]
+               if not isinstance(sizes[k], int)]
     if missing:
         raise ValueError(f"config: {missing} missing or not integers; accepted: a Hugging Face "
                          "config.json of a decoder-only model (or with a text_config)")
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
+    hidden, inter = sizes["hidden_size"], sizes["intermediate_size"]
+    heads, kv_heads = sizes["num_attention_heads"], sizes["num_key_value_heads"]
+    head_dim = sizes["head_dim"]
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise ValueError(f"tp: got {tp!r}; accepted: a positive integer")
     if heads % tp or inter % tp:
