@@ -60,11 +60,12 @@ def thread_cpu_seconds() -> dict[str, float]:
     return out
 
 
-def run_variant(args, name: str) -> dict:
-    """One engine, every step kind ``args.reps`` times; returns median seconds per kind."""
+def build_llm(args, name: str):
+    """An in-process engine (so the caller can time and profile its steps) for variant
+    ``name`` on ``args.model`` with dummy weights: TP ``args.tp``, ``args.compile``'s
+    compilation on a GPU, eager float32 with ``args.cpu``."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import torch
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     wina = VARIANTS[name]
     kw = dict(max_model_len=512, max_num_seqs=16, seed=0, tensor_parallel_size=args.tp,
@@ -76,7 +77,15 @@ def run_variant(args, name: str) -> dict:
                   compilation_config=COMPILE_MODES[args.compile])
     if wina is not None:
         kw.update(quantization="wina", additional_config={"wina": wina})
-    llm = LLM(model=args.model, **kw)
+    return LLM(model=args.model, **kw)
+
+
+def run_variant(args, name: str) -> dict:
+    """One engine, every step kind ``args.reps`` times; returns median seconds per kind."""
+    import torch
+    from vllm import SamplingParams
+
+    llm = build_llm(args, name)
     engine = llm.llm_engine
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     gen = torch.Generator().manual_seed(0)

@@ -212,3 +212,52 @@ def test_small_steps_keep_four_blocks_per_sm():
         assert {f"sparse_gemv M={m}" for m in range(1, 9)} | {"topk_thresholds"} <= set(found)
         assert all(spills == 0 for _, spills in found.values()), found
         assert found["sparse_gemv M=1"][0] <= 64 and found["sparse_gemv M=2"][0] <= 64, found
+
+
+def test_decode_breakdown_sorts_kernels_by_name_and_sums_per_step():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_breakdown import breakdown, category
+
+    names = {
+        "void wina::sparse_gemv_kernel<__nv_bfloat16, 1>(wina::SparseGemvParams)": "wina gated linears",
+        "void wina::topk_thresholds_kernel<__half>(...)": "wina gated linears",
+        "void vllm::reshape_and_cache_flash_kernel<__nv_bfloat16>(...)": "kv-cache write",
+        "void cutlass::device_kernel<flash::FlashAttnFwdSm90<...>>(...)": "attention",
+        "nvjet_tst_64x8_64x16_4x1_v_bz_TNT": "matmul (cuBLAS)",
+        "void gemv2T_kernel_val<int, int, __nv_bfloat16>(...)": "matmul (cuBLAS)",
+        "void vllm::fused_add_rms_norm_kernel<c10::BFloat16, 8>(...)": "norms",
+        "void vllm::rotary_embedding_kernel<c10::BFloat16, true>(...)": "rotary",
+        "void vllm::act_and_mul_kernel<c10::BFloat16, &vllm::silu_kernel>(...)": "activation",
+        "Memcpy DtoH (Device -> Pinned)": "copies",
+        "void at::native::elementwise_kernel<128, 2>(...)": "other",
+    }
+    assert {n: category(n) for n in names} == names
+    # Two steps: per step a 10 us gated linear, a 4 us norm, 6 us idle between them.
+    records = [("sparse_gemv_kernel", 0.0, 10.0), ("rms_norm_kernel", 16.0, 20.0),
+               ("sparse_gemv_kernel", 30.0, 40.0), ("rms_norm_kernel", 46.0, 50.0)]
+    out = breakdown(records, steps=2)
+    assert out["categories"]["wina gated linears"] == {"ms": 0.010, "kernels": 1.0}
+    assert out["categories"]["norms"]["ms"] == pytest.approx(0.004)
+    assert list(out["categories"]) == ["wina gated linears", "norms"]  # by time
+    assert out["busy_ms"] == pytest.approx(0.014) and out["span_ms"] == pytest.approx(0.025)
+    assert out["idle_ms"] == pytest.approx(0.011)
+    with pytest.raises(ValueError, match="no GPU kernels"):
+        breakdown([], steps=1)
+
+
+def test_decode_breakdown_ceiling_keeps_what_sparsity_cannot_shrink():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_breakdown import ceiling, layer_linear_bytes
+
+    config = json.loads((ROOT / "benchmarks/models/llama3-8b/config.json").read_text())
+    per_layer = 4096 * 6144 + 4096 * 4096 + 4096 * 2 * 14336 + 14336 * 4096
+    assert layer_linear_bytes(config) == 2 * 32 * per_layer  # bf16, 32 layers
+    cublas = "matmul (cuBLAS)"
+    dense = {"step_ms": 5.0, "categories": {cublas: {"ms": 3.8}}}
+    wina = {"step_ms": 3.5, "categories": {cublas: {"ms": 0.3}}}  # lm_head only
+    c = ceiling(dense, wina, linear_bytes=14e9, sparsity=0.5, bandwidth=4e12)
+    assert c["dense_linears_ms"] == pytest.approx(3.5) and c["rest_ms"] == pytest.approx(1.5)
+    assert c["linears_bytes_bound_ms"] == pytest.approx(1.75)  # 7 GB at 4 TB/s
+    assert c["bound_step_ms"] == pytest.approx(3.25)
+    assert c["bound_speedup"] == pytest.approx(5.0 / 3.25)
+    assert c["measured_speedup"] == pytest.approx(5.0 / 3.5)
