@@ -261,3 +261,16 @@ def test_decode_breakdown_ceiling_keeps_what_sparsity_cannot_shrink():
     assert c["bound_step_ms"] == pytest.approx(3.25)
     assert c["bound_speedup"] == pytest.approx(5.0 / 3.25)
     assert c["measured_speedup"] == pytest.approx(5.0 / 3.5)
+
+
+def test_decode_breakdown_weighs_realized_sparsity_by_weight_bytes():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_breakdown import weighted_sparsity
+
+    config = json.loads((ROOT / "benchmarks/models/llama3-8b/config.json").read_text())
+    assert weighted_sparsity(dict.fromkeys(["q", "k", "v", "o", "gate", "up", "down"], 0.5),
+                             config) == pytest.approx(0.5)
+    # Only the MLP sparse: its share of a layer's weight bytes.
+    mlp = 3 * 4096 * 14336
+    share = mlp / (4096 * 6144 + 4096 * 4096 + mlp)
+    assert weighted_sparsity({"gate": 1.0, "up": 1.0, "down": 1.0}, config) == pytest.approx(share)
