@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ from step_times import VARIANTS, build_llm  # noqa: E402
 
 from wina_vllm.shapes import model_sizes, shapes_from_config  # noqa: E402
 
+PROJECTIONS_OF = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"),
+                  "down": ("down",)}
 COPY_BW = 4.25e12  # bytes/s, the H200's measured copy bandwidth (gpu-kit README)
 
 # (category, name fragments), first match wins: the KV-cache write before attention
@@ -77,6 +80,32 @@ def breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dict:
             "busy_ms": busy, "span_ms": span, "idle_ms": span - busy}
 
 
+LINEARS = ("qkv", "o", "gate_up", "down")  # a decoder layer's gated linears, in run order
+
+
+def gated_by_linear(kernels: list[tuple[str, float, float]], steps: int,
+                    layers: int) -> dict[str, float] | None:
+    """Median time (us) of the sparse GEMV of each of a layer's linears, told apart by
+    their order in the step; None unless every layer ran all four sparse in every step."""
+    gemv = sorted((s, e) for n, s, e in kernels if "sparse_gemv" in n)
+    if not gemv or len(gemv) != steps * layers * len(LINEARS):
+        return None
+    return {name: statistics.median(e - s for j, (s, e) in enumerate(gemv)
+                                    if j % len(LINEARS) == i)
+            for i, name in enumerate(LINEARS)}
+
+
+def linear_kept_bytes(by_projection: dict[str, float], config: dict) -> dict[str, float]:
+    """Weight bytes (bf16) each of a layer's linears reads at the realized sparsity."""
+    shapes = shapes_from_config(config)
+    out = {}
+    for linear, projections in PROJECTIONS_OF.items():
+        k, widths = shapes[linear]
+        out[linear] = sum(2.0 * k * n * (1.0 - by_projection.get(p, 0.0))
+                          for p, n in zip(projections, widths))
+    return out
+
+
 def layer_linear_bytes(config: dict) -> float:
     """Weight bytes (bf16) of every decoder layer's gated linears, on one GPU."""
     per_layer = sum(k * sum(widths) for k, widths in shapes_from_config(config).values())
@@ -86,13 +115,9 @@ def layer_linear_bytes(config: dict) -> float:
 def weighted_sparsity(by_projection: dict[str, float], config: dict) -> float:
     """The share of the layers' linear weight bytes not read, from each projection's
     realized sparsity (a mean over layers; every layer has the same shapes)."""
-    shapes = shapes_from_config(config)
-    size = {}
-    for linear, projections in (("qkv", ("q", "k", "v")), ("o", ("o",)),
-                                ("gate_up", ("gate", "up")), ("down", ("down",))):
-        k, widths = shapes[linear]
-        size.update({p: k * n for p, n in zip(projections, widths)})
-    return sum(by_projection.get(p, 0.0) * n for p, n in size.items()) / sum(size.values())
+    dense = linear_kept_bytes({}, config)
+    kept = linear_kept_bytes(by_projection, config)
+    return 1.0 - sum(kept.values()) / sum(dense.values())
 
 
 def ceiling(dense: dict, wina: dict, linear_bytes: float, sparsity: float,
@@ -149,6 +174,10 @@ def run_variant(args, name: str) -> dict:
                    if e.device_type == torch.autograd.DeviceType.CUDA]
     result = {"variant": name, "step_ms": step_ms, "tok_s": 1e3 / step_ms,
               **breakdown(records, args.profile_steps)}
+    layers = json.loads((Path(args.model) / "config.json").read_text())["num_hidden_layers"]
+    by_linear = gated_by_linear(records, args.profile_steps, layers)
+    if by_linear:
+        result["gated_by_linear_us"] = by_linear
     if VARIANTS[name] is not None:
         from wina_vllm.metrics import realized_sparsity
 
@@ -178,6 +207,12 @@ def table(results: list[dict]) -> str:
             if c in r["categories"] else "-" for r in results) + " |")
     for key, label in (("busy_ms", "GPU busy (sum of kernels)"), ("idle_ms", "GPU idle inside the span")):
         lines.append(f"| {label} | " + " | ".join(f"{r[key]:.3f}" for r in results) + " |")
+    for linear in LINEARS:
+        if any(linear in r.get("gated_by_linear_us", {}) for r in results):
+            lines.append(f"| {linear}'s sparse GEMV, median us (TB/s on kept bytes) | " + " | ".join(
+                "{:.1f} ({:.2f})".format(r["gated_by_linear_us"][linear],
+                                         r["linear_tb_s"][linear])
+                if linear in r.get("gated_by_linear_us", {}) else "-" for r in results) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +255,10 @@ def main() -> None:
             r["realized_sparsity"] = weighted_sparsity(r["realized_by_projection"], config)
             r["ceiling"] = ceiling(results[0], r, layer_linear_bytes(config),
                                    r["realized_sparsity"])
+            if "gated_by_linear_us" in r:
+                kept = linear_kept_bytes(r["realized_by_projection"], config)
+                r["linear_tb_s"] = {lin: kept[lin] / (t * 1e-6) / 1e12
+                                    for lin, t in r["gated_by_linear_us"].items()}
     (args.out / "decode_breakdown.json").write_text(json.dumps(results, indent=1))
     md = table(results)
     for r in results[1:]:

@@ -274,3 +274,19 @@ def test_decode_breakdown_weighs_realized_sparsity_by_weight_bytes():
     mlp = 3 * 4096 * 14336
     share = mlp / (4096 * 6144 + 4096 * 4096 + mlp)
     assert weighted_sparsity({"gate": 1.0, "up": 1.0, "down": 1.0}, config) == pytest.approx(share)
+
+
+def test_decode_breakdown_tells_the_four_linears_apart_by_order():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_breakdown import gated_by_linear
+
+    # 2 steps x 3 layers x (qkv 10 us, o 8 us, gate_up 30 us, down 20 us), other kernels between.
+    records, t = [], 0.0
+    for _ in range(2 * 3):
+        for us in (10.0, 8.0, 30.0, 20.0):
+            records += [("void wina::sparse_gemv_kernel<__nv_bfloat16, 1>", t, t + us),
+                        ("rms_norm_kernel", t + us, t + us + 2)]
+            t += us + 5
+    assert gated_by_linear(records, steps=2, layers=3) == {
+        "qkv": 10.0, "o": 8.0, "gate_up": 30.0, "down": 20.0}
+    assert gated_by_linear(records[2:], steps=2, layers=3) is None  # a layer ran dense
