@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=[""],
                     help="run only the configurations whose name contains one of these (and "
                     "dense)")
+    ap.add_argument("--criteria", nargs="+", default=CRITERIA, choices=CRITERIA,
+                    help="calibrate and evaluate only these criteria")
     ap.add_argument("--calibration-dir", type=Path,
                     help="reuse the calibration files there (default: OUT/calibration)")
     args = ap.parse_args()
@@ -136,7 +138,7 @@ def main() -> None:
     model_dir = fetch(ROOT / "artifacts" / "smollm2-135m")
     cal_dir = args.calibration_dir or args.out / "calibration"
     t0 = time.time()
-    for c in CRITERIA:
+    for c in args.criteria:
         if not all((cal_dir / f"{c}-{s}{g}.safetensors").exists()
                    for s in SPARSITIES for g in ("", "-greedy")):
             calibrate_many(str(model_dir), cal_dir, SPARSITIES, c, (False, True), window=512,
@@ -147,7 +149,8 @@ def main() -> None:
     wins = windows(tok, text, args.windows, args.window_tokens)
     rows = []
     for cfg in configs(cal_dir):
-        if not any(o in cfg["name"] for o in args.only) and cfg["mode"] != "dense":
+        if cfg["mode"] != "dense" and (not any(o in cfg["name"] for o in args.only)
+                                       or cfg["criterion"] not in args.criteria):
             continue
         cal = cf.load(cfg["calibration"]) if "calibration" in cfg else None
         gates = None if cfg["mode"] == "dense" else make_gates(

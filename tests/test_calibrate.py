@@ -43,9 +43,12 @@ def test_thresholds_reach_target_on_held_out_text(tiny_models, tmp_path, criteri
 
 
 def _greedy(model, texts, layers, targets, criterion="wina"):
-    return greedy.allocate(model, texts, layers, targets, criterion,
-                           lambda layer: {p: layer.get_submodule(HF_MODULES[p])
-                                          for p in PROJECTIONS}, quantile)
+    """The greedy allocation itself, before its blend with uniform."""
+    return greedy.allocate(model, texts, layers, targets, criterion, _modules, quantile).greedy
+
+
+def _modules(layer):
+    return {p: layer.get_submodule(HF_MODULES[p]) for p in PROJECTIONS}
 
 
 def test_greedy_keeps_the_average_and_spends_it_where_error_is_small(tiny_models):
@@ -93,6 +96,49 @@ def test_greedy_path_lowers_layer_error_below_uniform(tiny_models):
     with torch.no_grad():
         dense = greedy.layer_output(layer, inputs)
     assert error(alloc[0][0.5]) < error(dict.fromkeys(PROJECTIONS, 0.5))
+
+
+def test_blend_with_uniform_keeps_the_parameter_weighted_mean():
+    params = {"q": 16, "k": 4, "v": 4, "o": 16, "gate": 40, "up": 40, "down": 40}
+    alloc = {"q": 0.1, "k": 0.0, "v": 0.0, "o": 0.3, "gate": 0.5, "up": 0.5, "down": 0.26}
+    target = sum(alloc[p] * n for p, n in params.items()) / sum(params.values())
+    assert greedy.blended(alloc, target, 0.0) == pytest.approx(dict.fromkeys(PROJECTIONS, target))
+    assert greedy.blended(alloc, target, 1.0) == pytest.approx(alloc)
+    for a in greedy.BLENDS:
+        mix = greedy.blended(alloc, target, a)
+        assert sum(mix[p] * n for p, n in params.items()) / sum(params.values()) == \
+            pytest.approx(target)
+
+
+def test_choose_blend_backs_off_an_allocation_the_model_pays_for(tiny_models):
+    """Sparsity piled on two projections per layer (0.9) costs the model more than the
+    same mean spread evenly; the blend picked is the one of least model KL, so not all of
+    the piled allocation is kept."""
+    model, tok = load_hf_model(str(tiny_models["llama"]))
+    texts = token_windows(tok, stdlib_prose(100_000), 128, 6)
+    layers = collect_hf(model, texts, "wina")
+    params = {p: layers[0][p].weight.numel() for p in PROJECTIONS}
+    target = 0.3
+    piled = {"o": 0.9, "down": 0.9}
+    rest = (target * sum(params.values()) - 0.9 * (params["o"] + params["down"])) / sum(
+        params[p] for p in PROJECTIONS if p not in ("o", "down"))
+    piled.update({p: rest for p in PROJECTIONS if p not in ("o", "down")})
+    assert 0.0 <= rest < target
+    allocation = [piled for _ in layers]
+    scores = [{p: layer[p].score_sample() for p in PROJECTIONS} for layer in layers]
+
+    def gate_at(i, p, s):
+        return layers[i][p].norms, quantile(scores[i][p], s)
+
+    chosen = greedy.choose_blend(model, texts[:2], allocation, target, gate_at, _modules)
+    dense = greedy.model_kl(model, texts[:2], None, _modules)
+    kl = {a: greedy.model_kl(model, texts[:2], [
+        {p: gate_at(i, p, s) for p, s in greedy.blended(alloc, target, a).items()}
+        for i, alloc in enumerate(allocation)], _modules, dense) for a in greedy.BLENDS}
+    assert kl[1.0] > kl[0.0] > 0.0  # piling costs more than spreading; gating costs something
+    assert chosen < 1.0 and kl[chosen] == min(kl.values())
+    keep_all = [{p: gate_at(i, p, 0.0) for p in PROJECTIONS} for i in range(len(layers))]
+    assert greedy.model_kl(model, texts[:2], keep_all, _modules, dense) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_allocation_at_scales_onto_the_target():
@@ -163,4 +209,6 @@ def test_calibrate_greedy_writes_a_file_at_the_target(tiny_models, tmp_path, arc
                           dtype=torch.float64)
     per_layer = (cal.sparsity.double() * params).sum(1) / params.sum(1)
     assert torch.allclose(per_layer, torch.full_like(per_layer, 0.4), atol=1e-6)
-    assert cal.sparsity.std() > 0.05, "greedy spreads sparsity unevenly"
+    assert loaded.greedy_blend == cal.greedy_blend and cal.greedy_blend in greedy.BLENDS
+    # What the blend keeps of the greedy allocation spreads the sparsity unevenly.
+    assert (cal.sparsity.std() > 1e-3) == (cal.greedy_blend > 0), (cal.greedy_blend, cal.sparsity)

@@ -39,6 +39,16 @@ def test_round_trip(tmp_path):
     cf.check_signature(got, 1, "down", float(cal.norm_mean[1, 6]) * 1.01, path)
 
 
+def test_greedy_blend_round_trips_and_older_files_have_none(tmp_path):
+    import dataclasses
+
+    cal = dataclasses.replace(_calibration(), greedy=True, greedy_blend=0.75)
+    cf.save(tmp_path / "g.safetensors", cal)
+    assert cf.load(tmp_path / "g.safetensors").greedy_blend == 0.75
+    cf.save(tmp_path / "u.safetensors", _calibration())  # written without the key
+    assert cf.load(tmp_path / "u.safetensors").greedy_blend is None
+
+
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         cf.load(tmp_path / "missing.safetensors")

@@ -5,7 +5,8 @@ The model runs (transformers, CPU or GPU) on text the project generates
 MLP projection record a random sample of gate scores. Thresholds are score quantiles at
 each projection's sparsity. With ``greedy``, sparsity is allocated across the 7
 projections of each decoder layer to minimise the error of the layer's output at the same
-parameter-weighted mean sparsity (the TEAL/WINA greedy procedure: :mod:`wina_vllm.greedy`).
+parameter-weighted mean sparsity (the TEAL/WINA greedy procedure: :mod:`wina_vllm.greedy`),
+then blended with the uniform allocation as far as the whole model's error says it helps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
               "down": "mlp.down_proj"}
 SCORE_SAMPLES = 1 << 17  # score values kept per projection (quantile error ~ 1e-3)
 GREEDY_WINDOWS = 1  # calibration windows the greedy allocation re-runs each layer on
+KL_WINDOWS = 2  # the next windows, on which the greedy's blend with uniform is chosen
 
 
 @dataclass
@@ -144,20 +146,22 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    allocations = None
+    allocation = None
     if True in greedy_options:
-        allocations = greedy.allocate(
+        allocation = greedy.allocate(
             model, batches[:GREEDY_WINDOWS], layers, sparsities, criterion,
             lambda layer: {p: layer.get_submodule(HF_MODULES[p]) for p in PROJECTIONS},
-            quantile, progress=lambda it: tqdm(it, desc="greedy allocation", unit="layer"))
+            quantile, progress=lambda it: tqdm(it, desc="greedy allocation", unit="layer"),
+            kl_texts=batches[GREEDY_WINDOWS:GREEDY_WINDOWS + KL_WINDOWS] or None)
     for use_greedy in greedy_options:
         for s in sparsities:
             thresholds, sp = thresholds_from_samples(
-                layers, s, [a[s] for a in allocations] if use_greedy else None)
+                layers, s, allocation.at(s) if use_greedy else None)
             path = out / f"{criterion}-{s}{'-greedy' if use_greedy else ''}.safetensors"
             cf.save(path, cf.Calibration(thresholds=thresholds, sparsity=sp, norm_mean=nm,
                                          criterion=criterion, target_sparsity=s,
-                                         greedy=use_greedy, fingerprint=fingerprint))
+                                         greedy=use_greedy, fingerprint=fingerprint,
+                                         greedy_blend=allocation.blend[s] if use_greedy else None))
             written[(s, use_greedy)] = path
     return written
 

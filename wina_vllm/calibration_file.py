@@ -12,7 +12,9 @@ tables over decoder layers and projections (q, k, v, o, gate, up, down):
 
 Its string metadata holds ``format``, ``format_version``, ``criterion``,
 ``target_sparsity``, ``greedy`` and ``fingerprint`` (JSON: architecture and
-shapes, plus ``weights_sha256``, a hash of the rounded ``norm_mean`` table).
+shapes, plus ``weights_sha256``, a hash of the rounded ``norm_mean`` table); greedy
+files also ``greedy_blend``, the share of the greedy allocation kept against uniform
+(optional: older files lack it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Calibration:
     target_sparsity: float
     greedy: bool
     fingerprint: dict[str, Any]
+    greedy_blend: float | None = None  # greedy files: the share of the greedy allocation kept
 
     def index(self, projection: str) -> int:
         return PROJECTIONS.index(projection)
@@ -72,6 +75,8 @@ def save(path: str | Path, cal: Calibration) -> None:
         "fingerprint": json.dumps(cal.fingerprint, sort_keys=True),
         "projections": json.dumps(list(PROJECTIONS)),
     }
+    if cal.greedy_blend is not None:
+        metadata["greedy_blend"] = repr(float(cal.greedy_blend))
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -115,11 +120,12 @@ def load(path: str | Path) -> Calibration:
         fingerprint = json.loads(meta["fingerprint"])
         target = float(meta["target_sparsity"])
         greedy = bool(json.loads(meta["greedy"]))
+        blend = float(meta["greedy_blend"]) if "greedy_blend" in meta else None
     except (KeyError, ValueError) as exc:
         raise _bad(path, f"metadata incomplete or malformed ({exc})") from exc
     return Calibration(tensors["thresholds"].float(), tensors["sparsity"].float(),
                        tensors["norm_mean"].float(), meta["criterion"], target, greedy,
-                       fingerprint)
+                       fingerprint, blend)
 
 
 def check_model(cal: Calibration, hf_config: Any, criterion: str, path: Any) -> None:

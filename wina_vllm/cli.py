@@ -61,8 +61,9 @@ def cmd_calibrate(args) -> None:
     text = Path(args.text).read_text() if args.text else None
     cal = calibrate(args.model, args.out, args.sparsity, args.criterion, args.greedy, text,
                     args.gguf, args.window, args.windows, args.device)
+    blend = "" if cal.greedy_blend is None else f", greedy blend {cal.greedy_blend}"
     print(f"wrote {args.out}: {cal.thresholds.shape[0]} layers, criterion {cal.criterion}, "
-          f"mean sparsity {float(cal.sparsity.mean()):.3f}")
+          f"mean sparsity {float(cal.sparsity.mean()):.3f}{blend}")
 
 
 def cmd_transform(args) -> None:
