@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from compile_modes import COMPILE_MODES  # noqa: E402
-from step_times import VARIANTS, build_llm  # noqa: E402
+from step_times import VARIANTS, add_engine_args, build_llm, engine_argv, run_one  # noqa: E402
 
 from wina_vllm.shapes import model_sizes, shapes_from_config  # noqa: E402
 
@@ -218,17 +215,10 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "benchmarks/models/llama3-8b"))
-    ap.add_argument("--variants", nargs="+", default=["dense", "wina-thr-0.5"],
-                    choices=sorted(VARIANTS))
+    add_engine_args(ap)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--profile-steps", type=int, default=16)
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
-    ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this variant here
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
@@ -238,16 +228,10 @@ def main() -> None:
         raise ValueError(f"--variants must start with dense (the ceiling's reference), "
                          f"got {args.variants}")
     results = []
-    for name in args.variants:  # one process per engine: a clean GPU for each
-        cmd = [sys.executable, __file__, "--one", name] + [
-            a for k in ("model", "warmup", "steps", "profile_steps", "tp", "compile", "out")
-            for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))] + ["--cpu"] * args.cpu
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+    for name in args.variants:
+        results.append(run_one(__file__, name, engine_argv(args) + [
+            "--warmup", str(args.warmup), "--steps", str(args.steps),
+            "--profile-steps", str(args.profile_steps)]))
         print(name, f"{results[-1]['step_ms']:.3f} ms/step", flush=True)
     config = json.loads((Path(args.model) / "config.json").read_text())
     for r in results[1:]:

@@ -175,37 +175,52 @@ def run_variant(args, name: str) -> dict:
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks here that time an in-process engine per variant."""
     ap.add_argument("--model", default=str(ROOT / "benchmarks/models/llama3-8b"))
     ap.add_argument("--variants", nargs="+", default=["dense", "wina-thr-0.5"],
                     choices=sorted(VARIANTS))
-    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--compile", default="graphs", choices=sorted(COMPILE_MODES))
     ap.add_argument("--cpu", action="store_true", help="CPU engine (eager, float32)")
-    ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this variant here
     ap.add_argument("--out", type=Path, required=True)
+
+
+def engine_argv(args) -> list[str]:
+    """``add_engine_args``' options as given, less the variants, for a child process."""
+    return ["--model", args.model, "--tp", str(args.tp), "--compile", args.compile,
+            "--out", str(args.out)] + ["--cpu"] * args.cpu
+
+
+def run_one(script: str, name: str, argv: list[str]) -> dict:
+    """``script --one name argv`` in a process of its own (a clean GPU for each engine);
+    the dict it prints on its ``RESULT`` line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if name.endswith("-python-op"):
+        env["WINA_NATIVE_OP"] = "0"
+    proc = subprocess.run([sys.executable, script, "--one", name] + argv, capture_output=True,
+                          text=True, timeout=900, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_engine_args(ap)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
         print("RESULT " + json.dumps(run_variant(args, args.one)), flush=True)
         return
     results = []
-    for name in args.variants:  # one process per engine: a clean GPU for each
-        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--reps",
-               str(args.reps), "--tp", str(args.tp), "--compile", args.compile, "--out",
-               str(args.out)] + ["--cpu"] * args.cpu + ["--no-profile"] * args.no_profile
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep +
-               os.environ.get("PYTHONPATH", "")}
-        if name.endswith("-python-op"):
-            env["WINA_NATIVE_OP"] = "0"
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+    for name in args.variants:
+        argv = engine_argv(args) + ["--reps", str(args.reps)] + ["--no-profile"] * args.no_profile
+        results.append(run_one(__file__, name, argv))
         print(name, json.dumps(results[-1]["median_ms"]), "loop %.1f s, busiest threads %s"
               % (results[-1]["loop_wall_s"], results[-1]["busiest_threads_cpu_s"][:4]),
               flush=True)
