@@ -131,6 +131,8 @@ def main() -> None:
                     "dense)")
     ap.add_argument("--criteria", nargs="+", default=CRITERIA, choices=CRITERIA,
                     help="calibrate and evaluate only these criteria")
+    ap.add_argument("--no-blend", action="store_true",
+                    help="greedy files keep the greedy allocation whole (no blend with uniform)")
     ap.add_argument("--calibration-dir", type=Path,
                     help="reuse the calibration files there (default: OUT/calibration)")
     args = ap.parse_args()
@@ -142,7 +144,7 @@ def main() -> None:
         if not all((cal_dir / f"{c}-{s}{g}.safetensors").exists()
                    for s in SPARSITIES for g in ("", "-greedy")):
             calibrate_many(str(model_dir), cal_dir, SPARSITIES, c, (False, True), window=512,
-                           windows=16)
+                           windows=16, blend=not args.no_blend)
     print(f"calibrated in {time.time() - t0:.0f} s", flush=True)
     model, tok = load_hf_model(str(model_dir))
     text = eval_text()

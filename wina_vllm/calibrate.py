@@ -128,8 +128,11 @@ def token_windows(tok, text: str, window: int, count: int) -> list[torch.Tensor]
 def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float],
                    criterion: str = DEFAULT_CRITERION, greedy_options: tuple[bool, ...] = (False,),
                    text: str | None = None, gguf_file: str | None = None, window: int = 512,
-                   windows: int = 16, device: str = "cpu") -> dict[tuple[float, bool], Path]:
-    """One calibration pass, files for several sparsities: ``<criterion>-<s>[-greedy].safetensors``."""
+                   windows: int = 16, device: str = "cpu",
+                   blend: bool = True) -> dict[tuple[float, bool], Path]:
+    """One calibration pass, files for several sparsities: ``<criterion>-<s>[-greedy].safetensors``.
+
+    ``blend``: blend each greedy allocation with uniform (:mod:`wina_vllm.greedy`)."""
     from tqdm import tqdm
 
     from wina_vllm.settings import parse_settings
@@ -152,7 +155,7 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
             model, batches[:GREEDY_WINDOWS], layers, sparsities, criterion,
             lambda layer: {p: layer.get_submodule(HF_MODULES[p]) for p in PROJECTIONS},
             quantile, progress=lambda it: tqdm(it, desc="greedy allocation", unit="layer"),
-            kl_texts=batches[GREEDY_WINDOWS:GREEDY_WINDOWS + KL_WINDOWS] or None)
+            kl_texts=batches[GREEDY_WINDOWS:GREEDY_WINDOWS + KL_WINDOWS] or None, blend=blend)
     for use_greedy in greedy_options:
         for s in sparsities:
             thresholds, sp = thresholds_from_samples(
@@ -168,14 +171,15 @@ def calibrate_many(model_path: str, out_dir: str | Path, sparsities: list[float]
 
 def calibrate(model_path: str, out: str | Path, sparsity: float, criterion: str = DEFAULT_CRITERION,
               greedy: bool = False, text: str | None = None, gguf_file: str | None = None,
-              window: int = 512, windows: int = 16, device: str = "cpu") -> cf.Calibration:
+              window: int = 512, windows: int = 16, device: str = "cpu",
+              blend: bool = True) -> cf.Calibration:
     """Calibrate a transformers checkpoint and write one calibration file to ``out``."""
     import shutil
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         (path,) = calibrate_many(model_path, tmp, [sparsity], criterion, (greedy,), text,
-                                 gguf_file, window, windows, device).values()
+                                 gguf_file, window, windows, device, blend).values()
         shutil.move(str(path), str(out))
     return cf.load(out)
 

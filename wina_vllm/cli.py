@@ -59,8 +59,11 @@ def cmd_calibrate(args) -> None:
     from wina_vllm.calibrate import calibrate
 
     text = Path(args.text).read_text() if args.text else None
+    if args.no_blend and not args.greedy:
+        raise ValueError("--no-blend: got it without --greedy; it applies to the greedy "
+                         "allocation only")
     cal = calibrate(args.model, args.out, args.sparsity, args.criterion, args.greedy, text,
-                    args.gguf, args.window, args.windows, args.device)
+                    args.gguf, args.window, args.windows, args.device, not args.no_blend)
     blend = "" if cal.greedy_blend is None else f", greedy blend {cal.greedy_blend}"
     print(f"wrote {args.out}: {cal.thresholds.shape[0]} layers, criterion {cal.criterion}, "
           f"mean sparsity {float(cal.sparsity.mean()):.3f}{blend}")
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sparsity", type=float, required=True)
     p.add_argument("--criterion", choices=list(CRITERIA), default=DEFAULT_CRITERION)
     p.add_argument("--greedy", action="store_true", help="allocate sparsity per projection")
+    p.add_argument("--no-blend", action="store_true",
+                   help="with --greedy: keep the greedy allocation whole, not blended with "
+                   "uniform by the model's error (the TEAL/WINA procedure alone)")
     p.add_argument("--text", help="calibration text file (default: generated stdlib prose)")
     p.add_argument("--gguf", help="GGUF file name inside MODEL")
     p.add_argument("--window", type=int, default=512)

@@ -180,13 +180,14 @@ class Allocation:
 def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dict],
              targets: list[float], criterion: str, modules_of: Callable,
              quantile: Callable, progress: Callable | None = None,
-             kl_texts: list[torch.Tensor] | None = None) -> Allocation:
+             kl_texts: list[torch.Tensor] | None = None, blend: bool = True) -> Allocation:
     """Each decoder layer's greedy allocation for every target, and each target's blend.
 
     ``layers``: the calibration's per-layer ProjectionSamples (score samples, norms,
     weights); ``modules_of(layer_module)`` maps projection names to modules;
     ``quantile(sample, q)`` is the calibration's threshold rule; ``kl_texts`` (default
-    ``texts``) is what the blend is chosen on.
+    ``texts``) is what the blend is chosen on; without ``blend`` every target keeps the
+    greedy allocation whole (the procedure alone, for comparison).
     """
     inputs = capture_layer_inputs(model, texts)
     levels = [round(j * STEP, 6) for j in range(int(round(MAX_SPARSITY / STEP)) + 1)]
@@ -207,5 +208,7 @@ def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dic
     def gate_at(i: int, p: str, s: float) -> tuple[torch.Tensor, float]:
         return scales[i][p], quantile(scores[i][p], s)
 
+    if not blend:
+        return Allocation(out, dict.fromkeys(targets, 1.0))
     return Allocation(out, {t: choose_blend(model, kl_texts or texts, [o[t] for o in out], t,
                                             gate_at, modules_of) for t in targets})
