@@ -105,8 +105,8 @@ def linear_kept_bytes(by_projection: dict[str, float], config: dict) -> dict[str
 
 def layer_linear_bytes(config: dict) -> float:
     """Weight bytes (bf16) of every decoder layer's gated linears, on one GPU."""
-    per_layer = sum(k * sum(widths) for k, widths in shapes_from_config(config).values())
-    return 2.0 * model_sizes(config)["num_hidden_layers"] * per_layer
+    dense = linear_kept_bytes({}, config)
+    return model_sizes(config)["num_hidden_layers"] * sum(dense.values())
 
 
 def weighted_sparsity(by_projection: dict[str, float], config: dict) -> float:
@@ -142,8 +142,8 @@ def run_variant(args, name: str) -> dict:
 
     llm = build_llm(args, name)
     engine = llm.llm_engine
-    vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
-    ids = torch.randint(10, vocab - 10, (200,), generator=torch.Generator().manual_seed(0))
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    ids = torch.randint(10, config["vocab_size"] - 10, (200,), generator=torch.Generator().manual_seed(0))
     total = 2 + args.warmup + args.steps + args.profile_steps + 2
     engine.add_request("r0", {"prompt_token_ids": ids.tolist()},
                        SamplingParams(max_tokens=total, ignore_eos=True))
@@ -171,8 +171,7 @@ def run_variant(args, name: str) -> dict:
                    if e.device_type == torch.autograd.DeviceType.CUDA]
     result = {"variant": name, "step_ms": step_ms, "tok_s": 1e3 / step_ms,
               **breakdown(records, args.profile_steps)}
-    layers = json.loads((Path(args.model) / "config.json").read_text())["num_hidden_layers"]
-    by_linear = gated_by_linear(records, args.profile_steps, layers)
+    by_linear = gated_by_linear(records, args.profile_steps, config["num_hidden_layers"])
     if by_linear:
         result["gated_by_linear_us"] = by_linear
     if VARIANTS[name] is not None:

@@ -130,8 +130,8 @@ def test_choose_blend_backs_off_an_allocation_the_model_pays_for(tiny_models):
     def gate_at(i, p, s):
         return layers[i][p].norms, quantile(scores[i][p], s)
 
-    chosen = greedy.choose_blend(model, texts[:2], allocation, target, gate_at, _modules)
-    dense = greedy.model_kl(model, texts[:2], None, _modules)
+    dense = greedy.log_probs(model, texts[:2], None, _modules)
+    chosen = greedy.choose_blend(model, texts[:2], allocation, target, gate_at, _modules, dense)
     kl = {a: greedy.model_kl(model, texts[:2], [
         {p: gate_at(i, p, s) for p, s in greedy.blended(alloc, target, a).items()}
         for i, alloc in enumerate(allocation)], _modules, dense) for a in greedy.BLENDS}

@@ -33,6 +33,11 @@ MAX_SPARSITY = 0.9
 BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)  # a model forward each, per target
 
 
+def dropped(x: torch.Tensor, scale: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``x`` with the channels whose score ``|x| * scale`` is below ``threshold`` zeroed."""
+    return torch.where(x.abs() * scale >= threshold, x, torch.zeros_like(x))
+
+
 def capture_layer_inputs(model: torch.nn.Module, texts: list[torch.Tensor]) -> list[list]:
     """Each decoder layer's (args, kwargs) for every text, from one dense forward each."""
     captured: list[list] = [[] for _ in hf_decoder_layers(model)]
@@ -71,9 +76,7 @@ def layer_path(layer: torch.nn.Module, inputs: list, modules: dict[str, torch.nn
 
     def gate(p):
         def hook(mod, args):
-            thr = thresholds[p][level[p]]
-            x = args[0]
-            return (torch.where(x.abs() * scale[p] >= thr, x, torch.zeros_like(x)),)
+            return (dropped(args[0], scale[p], thresholds[p][level[p]]),)
         return hook
 
     handles = [modules[p].register_forward_pre_hook(gate(p)) for p in PROJECTIONS]
@@ -123,38 +126,42 @@ def blended(allocation: dict[str, float], target: float, a: float) -> dict[str, 
     return {p: target + a * (allocation[p] - target) for p in PROJECTIONS}
 
 
-def model_kl(model: torch.nn.Module, texts: list[torch.Tensor], gates: list[dict] | None,
-             modules_of: Callable, dense: list[torch.Tensor] | None = None) -> float | list:
-    """Mean KL(dense || gated) of the next-token distributions over ``texts``, with
-    ``gates[i][p] = (scale, threshold)`` on layer i's projection p; with ``gates`` None,
-    the dense log-probabilities themselves (to pass back as ``dense``)."""
+def log_probs(model: torch.nn.Module, texts: list[torch.Tensor], gates: list[dict] | None,
+              modules_of: Callable) -> list[torch.Tensor]:
+    """The model's next-token log-probabilities on each of ``texts``, with
+    ``gates[i][p] = (scale, threshold)`` on layer i's projection p (none: dense)."""
     handles = []
     for layer, row in zip(hf_decoder_layers(model), gates or []):
         for p, module in modules_of(layer).items():
             scale, thr = row[p]
             handles.append(module.register_forward_pre_hook(
-                lambda mod, args, s=scale, t=thr: (
-                    torch.where(args[0].abs() * s >= t, args[0], torch.zeros_like(args[0])),)))
+                lambda mod, args, s=scale, t=thr: (dropped(args[0], s, t),)))
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            logp = [torch.log_softmax(model(input_ids=ids.to(device), use_cache=False)
+            return [torch.log_softmax(model(input_ids=ids.to(device), use_cache=False)
                                       .logits.float(), -1) for ids in texts]
     finally:
         for h in handles:
             h.remove()
-    if dense is None:
-        return logp
-    kl = [(d.exp() * (d - g)).sum(-1).mean() for d, g in zip(dense, logp)]
+
+
+def model_kl(model: torch.nn.Module, texts: list[torch.Tensor], gates: list[dict],
+             modules_of: Callable, dense: list[torch.Tensor]) -> float:
+    """Mean KL(dense || gated) of the next-token distributions over ``texts``; ``dense``
+    is :func:`log_probs` without gates."""
+    kl = [(d.exp() * (d - g)).sum(-1).mean()
+          for d, g in zip(dense, log_probs(model, texts, gates, modules_of))]
     return float(sum(kl) / len(kl))
 
 
 def choose_blend(model: torch.nn.Module, texts: list[torch.Tensor], allocation: list[dict],
-                 target: float, gate_at: Callable, modules_of: Callable) -> float:
+                 target: float, gate_at: Callable, modules_of: Callable,
+                 dense: list[torch.Tensor]) -> float:
     """The ``a`` in ``BLENDS`` whose blend of ``allocation`` (one dict per layer) with
     uniform ``target`` gives the least model KL on ``texts``; ``gate_at(i, p, s)`` is
-    layer i's projection p gate (scale, threshold) at sparsity s."""
-    dense = model_kl(model, texts, None, modules_of)
+    layer i's projection p gate (scale, threshold) at sparsity s; ``dense`` the model's
+    :func:`log_probs` on ``texts`` without gates."""
     best, best_kl = 0.0, float("inf")
     for a in BLENDS:
         gates = [{p: gate_at(i, p, s) for p, s in blended(alloc, target, a).items()}
@@ -210,5 +217,7 @@ def allocate(model: torch.nn.Module, texts: list[torch.Tensor], layers: list[dic
 
     if not blend:
         return Allocation(out, dict.fromkeys(targets, 1.0))
-    return Allocation(out, {t: choose_blend(model, kl_texts or texts, [o[t] for o in out], t,
-                                            gate_at, modules_of) for t in targets})
+    kl_texts = kl_texts or texts
+    dense = log_probs(model, kl_texts, None, modules_of)  # once, for every target
+    return Allocation(out, {t: choose_blend(model, kl_texts, [o[t] for o in out], t, gate_at,
+                                            modules_of, dense) for t in targets})
