@@ -4,15 +4,15 @@ Machine-to-machine spread on the H200s (cuBLAS's own gate_up time moves 57-64 us
 calls) hides sub-microsecond changes, so a kernel change is judged against the build it
 replaces in the same call: each tree's package is built into its own directory, then
 ``kernel_bench.py --quick`` (this checkout's benchmark, the tree's package) runs for every
-tree in turn, ``--rounds`` times, and a table gives each point's median per tree and its
-ratio to the first tree.
+tree in turn, ``--rounds`` times, and a table per mode (threshold: ``kernel_ab.md``, top-k:
+``kernel_ab_topk.md``) gives each point's median per tree and its ratio to the first tree.
 
 A tree is a directory holding a ``wina_vllm`` package, e.g. another branch's:
     mkdir -p ab/exp && git archive exp/branch wina_vllm | tar -x -C ab/exp
 (untracked, so it travels with the checkout to the device).
 
 Usage: python benchmarks/kernel_ab.py --out DIR main=. exp=ab/exp [--rounds 3]   (CUDA)
-       python benchmarks/kernel_ab.py --compare DIR                       (redo the table)
+       python benchmarks/kernel_ab.py --compare DIR [--mode topk]         (redo a table)
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent / "kernel_bench.py"
 
 
-def compare(out: Path) -> str:
-    """Markdown table of threshold-mode medians per tree, from OUT/<tree>-<round>/."""
+MODES = {"threshold": "wina_threshold_us", "topk": "wina_topk_us"}
+
+
+def compare(out: Path, mode: str = "threshold") -> str:
+    """Markdown table of one mode's medians per tree, from OUT/<tree>-<round>/."""
+    metric = MODES[mode]
     runs: dict[str, list[list[dict]]] = {}
     for d in sorted(p for p in out.iterdir() if (p / "kernel_bench.json").exists()):
         tree = d.name.rsplit("-", 1)[0]
@@ -44,7 +48,7 @@ def compare(out: Path) -> str:
              " | ".join(f"{t} / {base}" for t in order[1:]) + " |",
              "|" + "---|" * (4 + 2 * len(order) - 1)]
     for i, p in enumerate(runs[base][0]):
-        med = {t: statistics.median(r[i]["wina_threshold_us"] for r in runs[t]) for t in order}
+        med = {t: statistics.median(r[i][metric] for r in runs[t]) for t in order}
         dense = statistics.median(r[i]["dense_us"] for t in order for r in runs[t])
         lines.append(f"| {p['layer'].split('/')[-1]} | {p['M']} | {p['sparsity']:.2f} | "
                      f"{dense:.2f} | " + " | ".join(f"{med[t]:.2f}" for t in order) + " | " +
@@ -74,9 +78,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compare", type=Path, help="only tabulate the results in this directory")
+    ap.add_argument("--mode", choices=sorted(MODES), default="threshold",
+                    help="with --compare: which mode's times to tabulate")
     args = ap.parse_args()
     if args.compare:
-        print(compare(args.compare), end="")
+        print(compare(args.compare, args.mode), end="")
         return
     trees = {}
     for spec in args.trees:
@@ -90,9 +96,10 @@ def main() -> None:
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: accepted: 1 or more")
     run(args.out, trees, args.rounds)
-    table = compare(args.out)
-    (args.out / "kernel_ab.md").write_text(table)
-    print(table, end="")
+    for mode in MODES:
+        table = compare(args.out, mode)
+        (args.out / ("kernel_ab.md" if mode == "threshold" else f"kernel_ab_{mode}.md")).write_text(table)
+        print(f"{mode}:\n{table}", end="")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def test_accuracy_windows_refuse_more_than_the_text_holds():
 
 def _kernel_points(times: list[float]) -> dict:
     return {"points": [{"layer": "llama3-8b/o", "M": 1, "sparsity": s, "dense_us": 12.0,
-                        "wina_threshold_us": t} for s, t in zip((0.0, 0.5), times)]}
+                        "wina_threshold_us": t, "wina_topk_us": 2 * t}
+                       for s, t in zip((0.0, 0.5), times)]}
 
 
 def test_kernel_ab_tables_medians_per_tree_and_ratio_to_the_first(tmp_path):
@@ -93,6 +94,13 @@ def test_kernel_ab_tables_medians_per_tree_and_ratio_to_the_first(tmp_path):
     assert [[c.strip() for c in r] for r in rows] == [
         ["o", "1", "0.00", "12.00", "12.00", "12.20", f"{12.2 / 12.0:.3f}"],
         ["o", "1", "0.50", "12.00", "8.20", "7.20", f"{7.2 / 8.2:.3f}"]]
+    topk = subprocess.run([sys.executable, str(ROOT / "benchmarks/kernel_ab.py"), "--compare",
+                           str(tmp_path), "--mode", "topk"], capture_output=True, text=True,
+                          timeout=120)
+    assert topk.returncode == 0, topk.stderr
+    rows = [ln.split("|")[1:-1] for ln in topk.stdout.splitlines()[2:]]
+    assert [c.strip() for c in rows[1]] == ["o", "1", "0.50", "12.00", "16.40", "14.40",
+                                            f"{14.4 / 16.4:.3f}"]
 
 
 def test_kernel_ab_refuses_a_tree_without_the_package(tmp_path):

@@ -9,6 +9,10 @@
 // atomics rarely collide), then a block-wide scan from the top bin finds the digit.
 // thr[m, s] is that key, so the gate's ">= thr" (which never keeps a zero score) keeps
 // exactly k channels unless scores tie or fewer than k are nonzero.
+// The first pass's histogram is taken as the keys are made, from registers, and each
+// thread clears the two bins it scanned as it reads them (select_digit), so no pass starts
+// with a clearing barrier (benchmarks/select_probe, RESULTS.md section 1, eighteenth and
+// nineteenth sessions).
 //
 // Latency, which is all this kernel costs at decode: the scale (static weights) is loaded
 // before waiting for the previous kernel (programmatic dependent launch), x after, both
@@ -30,6 +34,47 @@ constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kSelectBins = 2048;  // 2 bins per thread
 constexpr int kMaxVecs = 4;  // 16-byte vectors of x per thread: K <= 32768 in one round trip
 
+// One radix digit: the histogram of the candidate keys is complete in hist; thread t owns
+// bins 2047-2t and 2046-2t (adjacent, so one 8-byte access), scans from the top bin down,
+// appends the bin holding the remaining-th largest key to s_prefix, and clears its two
+// bins for the next digit, whose atomics start after this function's barriers.
+__device__ __forceinline__ void select_digit(int* hist, int shift, uint32_t* s_prefix,
+                                             int* s_remaining, int* s_warp_excl) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t prefix = *s_prefix;
+  const int remaining = *s_remaining;
+  const int b0 = kSelectBins - 1 - 2 * tid, b1 = b0 - 1;
+  const int h0 = hist[b0], h1 = hist[b1], local = h0 + h1;
+  hist[b0] = 0;
+  hist[b1] = 0;
+  int incl = local;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += v;
+  }
+  if (lane == 31) s_warp_excl[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int total = s_warp_excl[lane];
+    int wincl = total;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, wincl, off);
+      if (lane >= off) wincl += v;
+    }
+    s_warp_excl[lane] = wincl - total;
+  }
+  __syncthreads();
+  const int before = s_warp_excl[warp] + incl - local;  // keys in bins above b0
+  if (before < remaining && before + local >= remaining) {  // exactly one thread
+    const bool first = before + h0 >= remaining;
+    *s_prefix = prefix | (static_cast<uint32_t>(first ? b0 : b1) << shift);
+    *s_remaining = remaining - (first ? before : before + h0);
+  }
+  __syncthreads();
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
 topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
@@ -37,7 +82,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
                        bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
-  __shared__ int hist[kSelectBins];
+  __shared__ __align__(16) int hist[kSelectBins];
   __shared__ int s_warp_excl[kSelectWarps];
   __shared__ uint32_t s_prefix;
   __shared__ int s_remaining;
@@ -49,10 +94,15 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
     if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : 0.f;
     return;
   }
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x;
   const T* xm = x + static_cast<size_t>(m) * K;
   const float* sc = scale + static_cast<size_t>(s) * K;
   const auto key = [](float xv, float sv) { return __float_as_uint(fabsf(xv) * sv); };
+  hist[tid] = 0;
+  hist[tid + kSelectThreads] = 0;
+  if (tid == 0) { s_prefix = 0; s_remaining = k; }
+  __syncthreads();  // hist cleared
+  // Keys to shared memory, and the first digit's histogram (bits 30..20) from registers.
   if (vec) {  // 8 channels per vector: x as one uint4, scale as two float4
     const int n_vec = K / 8;
     float4 s_lo[kMaxVecs], s_hi[kMaxVecs];
@@ -77,67 +127,42 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
       if (v >= n_vec) break;
       const float2 a = Vec<T>::to_float2(xv[j].x), b = Vec<T>::to_float2(xv[j].y);
       const float2 c = Vec<T>::to_float2(xv[j].z), d = Vec<T>::to_float2(xv[j].w);
-      uint4* dst = reinterpret_cast<uint4*>(keys) + 2 * v;
-      dst[0] = make_uint4(key(a.x, s_lo[j].x), key(a.y, s_lo[j].y), key(b.x, s_lo[j].z),
-                          key(b.y, s_lo[j].w));
-      dst[1] = make_uint4(key(c.x, s_hi[j].x), key(c.y, s_hi[j].y), key(d.x, s_hi[j].z),
-                          key(d.y, s_hi[j].w));
+      const uint4 lo = make_uint4(key(a.x, s_lo[j].x), key(a.y, s_lo[j].y),
+                                  key(b.x, s_lo[j].z), key(b.y, s_lo[j].w));
+      const uint4 hi = make_uint4(key(c.x, s_hi[j].x), key(c.y, s_hi[j].y),
+                                  key(d.x, s_hi[j].z), key(d.y, s_hi[j].w));
+      reinterpret_cast<uint4*>(keys)[2 * v] = lo;
+      reinterpret_cast<uint4*>(keys)[2 * v + 1] = hi;
+      atomicAdd(&hist[lo.x >> 20], 1); atomicAdd(&hist[lo.y >> 20], 1);
+      atomicAdd(&hist[lo.z >> 20], 1); atomicAdd(&hist[lo.w >> 20], 1);
+      atomicAdd(&hist[hi.x >> 20], 1); atomicAdd(&hist[hi.y >> 20], 1);
+      atomicAdd(&hist[hi.z >> 20], 1); atomicAdd(&hist[hi.w >> 20], 1);
     }
   } else {
     wait_for_previous_kernel();
-    for (int i = tid; i < K; i += kSelectThreads)
-      keys[i] = key(Vec<T>::to_float(xm[i]), sc[i]);
-  }
-  if (tid == 0) { s_prefix = 0; s_remaining = k; }
-
-  constexpr int kShift[3] = {20, 9, 0};
-  constexpr int kBits[3] = {11, 11, 9};
-  uint32_t mask = 0;
-#pragma unroll
-  for (int pass = 0; pass < 3; ++pass) {
-    const int shift = kShift[pass];
-    const uint32_t digit_mask = (1u << kBits[pass]) - 1u;
-    hist[tid] = 0;
-    hist[tid + kSelectThreads] = 0;
-    __syncthreads();
-    const uint32_t prefix = s_prefix;  // read here: written only after the scan's barriers
-    const int remaining = s_remaining;
     for (int i = tid; i < K; i += kSelectThreads) {
-      const uint32_t key = keys[i];
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digit_mask], 1);
+      keys[i] = key(Vec<T>::to_float(xm[i]), sc[i]);
+      atomicAdd(&hist[keys[i] >> 20], 1);
     }
-    __syncthreads();
-    // Thread t owns bins 2047-2t and 2046-2t; scan from the top bin down.
-    const int b0 = kSelectBins - 1 - 2 * tid, b1 = b0 - 1;
-    const int h0 = hist[b0], h1 = hist[b1], local = h0 + h1;
-    int incl = local;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += v;
-    }
-    if (lane == 31) s_warp_excl[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-      const int total = s_warp_excl[lane];
-      int wincl = total;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const int v = __shfl_up_sync(0xffffffffu, wincl, off);
-        if (lane >= off) wincl += v;
-      }
-      s_warp_excl[lane] = wincl - total;
-    }
-    __syncthreads();
-    const int before = s_warp_excl[warp] + incl - local;  // keys in bins above b0
-    if (before < remaining && before + local >= remaining) {  // exactly one thread
-      const bool first = before + h0 >= remaining;
-      s_prefix = prefix | (static_cast<uint32_t>(first ? b0 : b1) << shift);
-      s_remaining = remaining - (first ? before : before + h0);
-    }
-    mask |= digit_mask << shift;
-    __syncthreads();
   }
+  __syncthreads();
+  select_digit(hist, 20, &s_prefix, &s_remaining, s_warp_excl);
+  // Second digit (bits 19..9) over the keys that match the first.
+  uint32_t prefix = s_prefix;
+  for (int i = tid; i < K; i += kSelectThreads) {
+    const uint32_t kv = keys[i];
+    if ((kv & 0xfff00000u) == prefix) atomicAdd(&hist[(kv >> 9) & 0x7ffu], 1);
+  }
+  __syncthreads();
+  select_digit(hist, 9, &s_prefix, &s_remaining, s_warp_excl);
+  // Third digit (bits 8..0) over the keys that match the first two.
+  prefix = s_prefix;
+  for (int i = tid; i < K; i += kSelectThreads) {
+    const uint32_t kv = keys[i];
+    if ((kv & 0xfffffe00u) == prefix) atomicAdd(&hist[kv & 0x1ffu], 1);
+  }
+  __syncthreads();
+  select_digit(hist, 0, &s_prefix, &s_remaining, s_warp_excl);
   if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
