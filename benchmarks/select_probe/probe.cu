@@ -6,14 +6,16 @@
 //   empty : wait for the previous kernel, write thr (launch + handoff floor)
 //   load  : + load x and scale, keys to shared memory (passes = 0)
 //   pass1 : + the first radix pass (histogram + scan)
-//   main  : the shipped kernel (three passes)
+//   main  : the kernel at 6407559 (three passes, each behind a clearing barrier)
 //   agg   : three passes, the histogram's shared atomics aggregated per warp (match_any)
 //   cand  : first pass over all keys, then the keys of the chosen bin compacted into a
 //           list, and passes two and three over that list only
 //   new   : the package's kernel as it now is (launch_topk_thresholds)
 //   F<f>C<c>S<s>: the experiment kernel (exp_kernel) with the first pass fused into the key
 //           loop (f), compaction (c), a warp-0 scan (s)
-//   the last two: "new" and F1C0S0 under another max-dynamic-shared-memory attribute
+//   "new" and F1C0S0 under another max-dynamic-shared-memory attribute
+//   pkg copy: the package kernel copied here, its early exit and scalar fallback each
+//           compiled in or out
 // and checks every variant's threshold against the shipped kernel's.
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -o probe probe.cu
 #include <cstdio>
@@ -370,7 +372,8 @@ void launch_exp(const T* x, const float* sc, int k, float* thr, int K, bool pdl,
 
 static const char* kNames[] = {"empty", "load", "pass1", "main", "agg", "cand", "new",
   "F0C0S0 (main, no clear barrier)", "F1C0S0", "F0C1S0", "F1C1S0", "F0C0S1", "F1C1S1",
-  "new, max dynamic smem 160 KiB", "F1C0S0, max dynamic smem opt-in bound"};
+  "new, max dynamic smem 160 KiB", "F1C0S0, max dynamic smem opt-in bound",
+  "pkg copy: exit + scalar", "pkg copy: exit only", "pkg copy: scalar only", "pkg copy: neither"};
 
 template <int V>
 void launch(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
@@ -413,12 +416,117 @@ void launch_exp_optin(const T* x, const float* sc, int k, float* thr, int K, boo
                 x, sc, k, thr, K);
 }
 
+// The package kernel (copied from the header) with its early exit (EXIT: k from the
+// per-segment struct, k <= 0 or k >= K handled first) and its scalar fallback (SCALAR)
+// each compiled out or in: which of the two costs "new" its gap to F1C0S0?
+template <int EXIT, int SCALAR>
+__global__ void __launch_bounds__(kSelectThreads)
+pkg_kernel(const T* __restrict__ x, const float* __restrict__ scale,
+                       const SegmentKeep keep, float* __restrict__ thr, int K, int S,
+                       bool vec) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
+  __shared__ __align__(16) int hist[kSelectBins];
+  __shared__ int s_warp_excl[kSelectWarps];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining;
+  const int m = blockIdx.x, s = blockIdx.y;
+  const int k = EXIT ? keep.k[s] : K / 2;
+  allow_next_kernel_launch();
+  if (EXIT && (k <= 0 || k >= K)) {
+    wait_for_previous_kernel();  // thr may still be read by the previous kernel
+    if (threadIdx.x == 0) thr[m * S + s] = k <= 0 ? __int_as_float(0x7f800000) : 0.f;
+    return;
+  }
+  const int tid = threadIdx.x;
+  const T* xm = x + static_cast<size_t>(m) * K;
+  const float* sc = scale + static_cast<size_t>(s) * K;
+  const auto key = [](float xv, float sv) { return __float_as_uint(fabsf(xv) * sv); };
+  hist[tid] = 0;
+  hist[tid + kSelectThreads] = 0;
+  if (tid == 0) { s_prefix = 0; s_remaining = k; }
+  __syncthreads();  // hist cleared
+  // Keys to shared memory, and the first digit's histogram (bits 30..20) from registers.
+  if (!SCALAR || vec) {  // 8 channels per vector: x as one uint4, scale as two float4
+    const int n_vec = K / 8;
+    float4 s_lo[kMaxVecs], s_hi[kMaxVecs];
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v < n_vec) {
+        s_lo[j] = __ldg(reinterpret_cast<const float4*>(sc) + 2 * v);
+        s_hi[j] = __ldg(reinterpret_cast<const float4*>(sc) + 2 * v + 1);
+      }
+    }
+    wait_for_previous_kernel();
+    uint4 xv[kMaxVecs];
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v < n_vec) xv[j] = *(reinterpret_cast<const uint4*>(xm) + v);
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int v = tid + j * kSelectThreads;
+      if (v >= n_vec) break;
+      const float2 a = Vec<T>::to_float2(xv[j].x), b = Vec<T>::to_float2(xv[j].y);
+      const float2 c = Vec<T>::to_float2(xv[j].z), d = Vec<T>::to_float2(xv[j].w);
+      const uint4 lo = make_uint4(key(a.x, s_lo[j].x), key(a.y, s_lo[j].y),
+                                  key(b.x, s_lo[j].z), key(b.y, s_lo[j].w));
+      const uint4 hi = make_uint4(key(c.x, s_hi[j].x), key(c.y, s_hi[j].y),
+                                  key(d.x, s_hi[j].z), key(d.y, s_hi[j].w));
+      reinterpret_cast<uint4*>(keys)[2 * v] = lo;
+      reinterpret_cast<uint4*>(keys)[2 * v + 1] = hi;
+      atomicAdd(&hist[lo.x >> 20], 1); atomicAdd(&hist[lo.y >> 20], 1);
+      atomicAdd(&hist[lo.z >> 20], 1); atomicAdd(&hist[lo.w >> 20], 1);
+      atomicAdd(&hist[hi.x >> 20], 1); atomicAdd(&hist[hi.y >> 20], 1);
+      atomicAdd(&hist[hi.z >> 20], 1); atomicAdd(&hist[hi.w >> 20], 1);
+    }
+  } else if (SCALAR) {
+    wait_for_previous_kernel();
+    for (int i = tid; i < K; i += kSelectThreads) {
+      keys[i] = key(Vec<T>::to_float(xm[i]), sc[i]);
+      atomicAdd(&hist[keys[i] >> 20], 1);
+    }
+  }
+  __syncthreads();
+  select_digit(hist, 20, &s_prefix, &s_remaining, s_warp_excl);
+  // Second digit (bits 19..9) over the keys that match the first.
+  uint32_t prefix = s_prefix;
+  for (int i = tid; i < K; i += kSelectThreads) {
+    const uint32_t kv = keys[i];
+    if ((kv & 0xfff00000u) == prefix) atomicAdd(&hist[(kv >> 9) & 0x7ffu], 1);
+  }
+  __syncthreads();
+  select_digit(hist, 9, &s_prefix, &s_remaining, s_warp_excl);
+  // Third digit (bits 8..0) over the keys that match the first two.
+  prefix = s_prefix;
+  for (int i = tid; i < K; i += kSelectThreads) {
+    const uint32_t kv = keys[i];
+    if ((kv & 0xfffffe00u) == prefix) atomicAdd(&hist[kv & 0x1ffu], 1);
+  }
+  __syncthreads();
+  select_digit(hist, 0, &s_prefix, &s_remaining, s_warp_excl);
+  if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
+}
+
+template <int E, int C>
+void launch_pkg(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
+  const void* fn = reinterpret_cast<const void*>(pkg_kernel<E, C>);
+  set_max_smem(fn, 160 * 1024);
+  SegmentKeep keep{};
+  keep.k[0] = k;
+  launch_kernel(pkg_kernel<E, C>, dim3(1, 1), kSelectThreads, static_cast<size_t>(K) * 4, pdl, st,
+                x, sc, keep, thr, K, 1, true);
+}
+
 using LaunchFn = void (*)(const T*, const float*, int, float*, int, bool, cudaStream_t);
 static LaunchFn kLaunch[] = {launch<0>, launch<1>, launch<2>, launch<3>, launch<4>, launch<5>,
                              launch_new, launch_exp<0, 0, 0>, launch_exp<1, 0, 0>,
                              launch_exp<0, 1, 0>, launch_exp<1, 1, 0>, launch_exp<0, 0, 1>,
-                             launch_exp<1, 1, 1>, launch_new_160, launch_exp_optin};
-constexpr int kVariants = 15;
+                             launch_exp<1, 1, 1>, launch_new_160, launch_exp_optin,
+                             launch_pkg<1, 1>, launch_pkg<1, 0>, launch_pkg<0, 1>, launch_pkg<0, 0>};
+constexpr int kVariants = 19;
 
 int main() {
   const int kCalls = 256;
