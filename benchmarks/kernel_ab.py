@@ -28,12 +28,14 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent / "kernel_bench.py"
 
 
-MODES = {"threshold": "wina_threshold_us", "topk": "wina_topk_us"}
+# mode -> (kernel_bench.json's time field, the table's file name)
+MODES = {"threshold": ("wina_threshold_us", "kernel_ab.md"),
+         "topk": ("wina_topk_us", "kernel_ab_topk.md")}
 
 
 def compare(out: Path, mode: str = "threshold") -> str:
     """Markdown table of one mode's medians per tree, from OUT/<tree>-<round>/."""
-    metric = MODES[mode]
+    metric = MODES[mode][0]
     runs: dict[str, list[list[dict]]] = {}
     for d in sorted(p for p in out.iterdir() if (p / "kernel_bench.json").exists()):
         tree = d.name.rsplit("-", 1)[0]
@@ -96,9 +98,9 @@ def main() -> None:
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: accepted: 1 or more")
     run(args.out, trees, args.rounds)
-    for mode in MODES:
+    for mode, (_, name) in MODES.items():
         table = compare(args.out, mode)
-        (args.out / ("kernel_ab.md" if mode == "threshold" else f"kernel_ab_{mode}.md")).write_text(table)
+        (args.out / name).write_text(table)
         print(f"{mode}:\n{table}", end="")
 
 

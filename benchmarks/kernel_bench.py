@@ -196,7 +196,8 @@ def main() -> None:
                     help="with --hf-config: tensor-parallel size (each GPU's shard)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--quick", action="store_true",
-                    help="threshold and top-k modes and cuBLAS only, M = 1 and 2, sparsity 0 / 0.5 / 0.65")
+                    help="threshold and top-k modes and cuBLAS only, M = 1 and 2, "
+                         "sparsity 0 / 0.5 / 0.65")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)

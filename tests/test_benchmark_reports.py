@@ -110,10 +110,14 @@ def test_kernel_ab_refuses_a_tree_without_the_package(tmp_path):
     assert proc.returncode != 0 and "exp=" in proc.stderr and "wina_vllm" in proc.stderr
 
 
-def test_pdl_race_refuses_a_tree_without_the_package(tmp_path):
+def test_pdl_race_refuses_a_tree_without_the_package_and_no_repeats(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/select_probe/pdl_race.py"),
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and str(tmp_path) in proc.stderr and "wina_vllm" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/select_probe/pdl_race.py"),
+                           "--repeats", "0", str(ROOT)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "--repeats 0" in proc.stderr
 
 
 def test_transform_error_gating_error_matches_hand_computed_cases():

@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threshold-mode", action="store_true", help="the test's topk=False case")
     args = ap.parse_args()
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: accepted: 1 or more")
     for i, tree in enumerate(args.trees):
         if not (tree / "wina_vllm").is_dir():
             raise ValueError(f"{tree}: no wina_vllm package in it")
