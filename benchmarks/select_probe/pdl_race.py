@@ -1,10 +1,11 @@
 """How often does the programmatic-launch chain test fail, per build of the package?
 
 The chain test (tests/test_kernel_cuda.py) runs six layers under programmatic dependent
-launch in a CUDA graph and requires the plain launches' output. One failure of it, seen
-once with a faster select kernel (RESULTS.md section 1, nineteenth session), says little;
-this repeats the test in one process per tree, each tree's package built into its own
-directory, and counts the failures.
+launch in a CUDA graph and requires the plain launches' output. A build whose select
+issued its x loads before waiting for the previous kernel failed it in every repeat, while
+another with the same source flaw passed (RESULTS.md section 1, twentieth session): this
+repeats the test in one process per tree, each tree's package built into its own
+directory, and counts the failures, with the first distinct messages.
 
 Usage (CUDA): python benchmarks/select_probe/pdl_race.py --repeats 30 . ab/exp
 """
@@ -27,13 +28,13 @@ if not torch.cuda.is_available():  # torch's "not compiled with CUDA" is an Asse
     sys.exit("pdl_race.py needs a CUDA device")
 import test_kernel_cuda as t
 import wina_vllm
-fails = 0
+fails = []
 for _ in range({n}):
     try:
         t.test_programmatic_launch_chain_in_graph_equals_plain_launches({topk})
-    except AssertionError:
-        fails += 1
-print(f"{{wina_vllm.__file__}}: {{fails}} of {n} failed")
+    except AssertionError as e:
+        fails.append((str(e).splitlines() or ["assertion without a message"])[0])
+print(f"{{wina_vllm.__file__}}: {{len(fails)}} of {n} failed", *sorted(set(fails))[:5], sep="\\n  ")
 """
 
 

@@ -17,6 +17,11 @@
 //   pkg copy: the package kernel copied here, its early exit and scalar fallback each
 //           compiled in or out
 // and checks every variant's threshold against the shipped kernel's.
+// x is not __restrict__ in any variant, as in the package: every call here reads its own
+// copy of x, which no kernel writes, so a variant whose x loads went before its wait
+// (ld.global.nc lets ptxas do that) would pass the checks and time an overlap the package
+// cannot have. Until the twentieth session x was __restrict__ here, and the faster
+// variants' times of the nineteenth are suspect for that reason (RESULTS.md section 1).
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -o probe probe.cu
 #include <cstdio>
 #include <cstdlib>
@@ -39,7 +44,7 @@ constexpr int kCandMax = 4096;  // list capacity (keys); beyond it the passes re
 
 template <int V>
 __global__ void __launch_bounds__(kSelectThreads)
-probe_kernel(const T* __restrict__ x, const float* __restrict__ scale, int k,
+probe_kernel(const T* x, const float* __restrict__ scale, int k,
              float* __restrict__ thr, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
@@ -262,7 +267,7 @@ __device__ __forceinline__ void exp_digit(int* hist, int shift, uint32_t* s_pref
 
 template <int FUSE1, int CAND, int SCAN>
 __global__ void __launch_bounds__(kSelectThreads)
-exp_kernel(const T* __restrict__ x, const float* __restrict__ scale, int k,
+exp_kernel(const T* x, const float* __restrict__ scale, int k,
            float* __restrict__ thr, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
@@ -421,7 +426,7 @@ void launch_exp_optin(const T* x, const float* sc, int k, float* thr, int K, boo
 // each compiled out or in: which of the two costs "new" its gap to F1C0S0?
 template <int EXIT, int SCALAR>
 __global__ void __launch_bounds__(kSelectThreads)
-pkg_kernel(const T* __restrict__ x, const float* __restrict__ scale,
+pkg_kernel(const T* x, const float* __restrict__ scale,
                        const SegmentKeep keep, float* __restrict__ thr, int K, int S,
                        bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];

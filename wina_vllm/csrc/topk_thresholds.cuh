@@ -75,11 +75,19 @@ __device__ __forceinline__ void select_digit(int* hist, int shift, uint32_t* s_p
   __syncthreads();
 }
 
-template <typename T>
+// VEC: x and scale rows read as 16-byte vectors (K % 8 == 0, aligned rows), else one
+// channel at a time. Two instantiations rather than a runtime flag: with the scalar loop in
+// the same kernel the vector path took 0.2-0.5 us more per call (H100: 1.4-2.3% of a
+// top-k call at M = 1 in qkv, o and down; RESULTS.md section 1, twentieth session).
+// x is read after wait_for_previous_kernel(), since the previous kernel may write it, so it
+// is not __restrict__: that would let the compiler use the non-coherent path
+// (ld.global.nc), which assumes x is read-only while this kernel lives, and ptxas may
+// then issue those loads before the wait (a build that did read stale x in a chain of
+// programmatically launched layers: RESULTS.md section 1, twentieth session).
+template <typename T, bool VEC>
 __global__ void __launch_bounds__(kSelectThreads)
-topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
-                       const SegmentKeep keep, float* __restrict__ thr, int K, int S,
-                       bool vec) {
+topk_thresholds_kernel(const T* x, const float* __restrict__ scale,
+                       const SegmentKeep keep, float* __restrict__ thr, int K, int S) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw);
   __shared__ __align__(16) int hist[kSelectBins];
@@ -103,7 +111,7 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   if (tid == 0) { s_prefix = 0; s_remaining = k; }
   __syncthreads();  // hist cleared
   // Keys to shared memory, and the first digit's histogram (bits 30..20) from registers.
-  if (vec) {  // 8 channels per vector: x as one uint4, scale as two float4
+  if constexpr (VEC) {  // 8 channels per vector: x as one uint4, scale as two float4
     const int n_vec = K / 8;
     float4 s_lo[kMaxVecs], s_hi[kMaxVecs];
 #pragma unroll
@@ -166,27 +174,35 @@ topk_thresholds_kernel(const T* __restrict__ x, const float* __restrict__ scale,
   if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
+// Lets a kernel use the GPU's opt-in shared memory, less its static part; once per kernel.
+template <typename Kernel>
+void allow_optin_smem(Kernel kernel) {
+  int device = 0, max_optin = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaFuncAttributes attr{};
+  cudaFuncGetAttributes(&attr, kernel);  // static shared memory counts too
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       max_optin - static_cast<int>(attr.sharedSizeBytes));
+}
+
 template <typename T>
 void launch_topk_thresholds(const void* x, const float* scale, const SegmentKeep& keep, float* thr,
                             int M, int K, int S, bool pdl, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(K) * sizeof(uint32_t);
   static bool attr_set = false;
   if (!attr_set) {
-    int device = 0, max_optin = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    cudaFuncAttributes attr{};
-    cudaFuncGetAttributes(&attr, topk_thresholds_kernel<T>);  // static shared memory counts too
-    cudaFuncSetAttribute(topk_thresholds_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         max_optin - static_cast<int>(attr.sharedSizeBytes));
+    allow_optin_smem(topk_thresholds_kernel<T, true>);
+    allow_optin_smem(topk_thresholds_kernel<T, false>);
     attr_set = true;
   }
   // Vector loads need 16-byte aligned rows of x and scale.
   const bool vec = K % 8 == 0 && K <= kMaxVecs * 8 * kSelectThreads &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(scale) % 16 == 0;
-  launch_kernel(topk_thresholds_kernel<T>, dim3(M, S), kSelectThreads, smem, pdl, stream,
-                static_cast<const T*>(x), scale, keep, thr, K, S, vec);
+  launch_kernel(vec ? topk_thresholds_kernel<T, true> : topk_thresholds_kernel<T, false>,
+                dim3(M, S), kSelectThreads, smem, pdl, stream, static_cast<const T*>(x), scale,
+                keep, thr, K, S);
 }
 
 }  // namespace wina
