@@ -75,6 +75,20 @@ __device__ __forceinline__ void select_digit(int* hist, int shift, uint32_t* s_p
   __syncthreads();
 }
 
+// The next digit, bits shift.. of the keys whose bits under `match` equal the prefix so
+// far: its histogram from the keys in shared memory, then the digit chosen.
+__device__ __forceinline__ void next_digit(const uint32_t* keys, int K, uint32_t match, int shift,
+                                           uint32_t digit_mask, int* hist, uint32_t* s_prefix,
+                                           int* s_remaining, int* s_warp_excl) {
+  const uint32_t prefix = *s_prefix;
+  for (int i = threadIdx.x; i < K; i += kSelectThreads) {
+    const uint32_t kv = keys[i];
+    if ((kv & match) == prefix) atomicAdd(&hist[(kv >> shift) & digit_mask], 1);
+  }
+  __syncthreads();
+  select_digit(hist, shift, s_prefix, s_remaining, s_warp_excl);
+}
+
 // VEC: x and scale rows read as 16-byte vectors (K % 8 == 0, aligned rows), else one
 // channel at a time. Two instantiations rather than a runtime flag: with the scalar loop in
 // the same kernel the vector path took 0.2-0.5 us more per call (H100: 1.4-2.3% of a
@@ -155,22 +169,8 @@ topk_thresholds_kernel(const T* x, const float* __restrict__ scale,
   }
   __syncthreads();
   select_digit(hist, 20, &s_prefix, &s_remaining, s_warp_excl);
-  // Second digit (bits 19..9) over the keys that match the first.
-  uint32_t prefix = s_prefix;
-  for (int i = tid; i < K; i += kSelectThreads) {
-    const uint32_t kv = keys[i];
-    if ((kv & 0xfff00000u) == prefix) atomicAdd(&hist[(kv >> 9) & 0x7ffu], 1);
-  }
-  __syncthreads();
-  select_digit(hist, 9, &s_prefix, &s_remaining, s_warp_excl);
-  // Third digit (bits 8..0) over the keys that match the first two.
-  prefix = s_prefix;
-  for (int i = tid; i < K; i += kSelectThreads) {
-    const uint32_t kv = keys[i];
-    if ((kv & 0xfffffe00u) == prefix) atomicAdd(&hist[kv & 0x1ffu], 1);
-  }
-  __syncthreads();
-  select_digit(hist, 0, &s_prefix, &s_remaining, s_warp_excl);
+  next_digit(keys, K, 0xfff00000u, 9, 0x7ffu, hist, &s_prefix, &s_remaining, s_warp_excl);
+  next_digit(keys, K, 0xfffffe00u, 0, 0x1ffu, hist, &s_prefix, &s_remaining, s_warp_excl);
   if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
