@@ -411,7 +411,7 @@ int optin_bound(const void* fn) {
   return max_optin - static_cast<int>(attr.sharedSizeBytes);
 }
 void launch_new_160(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
-  set_max_smem(reinterpret_cast<const void*>(topk_thresholds_kernel<T>), 160 * 1024);
+  set_max_smem(reinterpret_cast<const void*>(topk_thresholds_kernel<T, true>), 160 * 1024);
   launch_new(x, sc, k, thr, K, pdl, st);
 }
 void launch_exp_optin(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
