@@ -402,21 +402,13 @@ void launch_new(const T* x, const float* sc, int k, float* thr, int K, bool pdl,
 void set_max_smem(const void* fn, int bytes) {
   CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
-int optin_bound(const void* fn) {
-  int device = 0, max_optin = 0;
-  CK(cudaGetDevice(&device));
-  CK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attr{};
-  CK(cudaFuncGetAttributes(&attr, fn));
-  return max_optin - static_cast<int>(attr.sharedSizeBytes);
-}
 void launch_new_160(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
   set_max_smem(reinterpret_cast<const void*>(topk_thresholds_kernel<T, true>), 160 * 1024);
   launch_new(x, sc, k, thr, K, pdl, st);
 }
 void launch_exp_optin(const T* x, const float* sc, int k, float* thr, int K, bool pdl, cudaStream_t st) {
-  const void* fn = reinterpret_cast<const void*>(exp_kernel<1, 0, 0>);
-  set_max_smem(fn, optin_bound(fn));
+  allow_optin_smem(exp_kernel<1, 0, 0>);  // the package's rule (topk_thresholds.cuh)
+  CK(cudaGetLastError());
   launch_kernel(exp_kernel<1, 0, 0>, dim3(1, 1), kSelectThreads, static_cast<size_t>(K) * 4, pdl, st,
                 x, sc, k, thr, K);
 }

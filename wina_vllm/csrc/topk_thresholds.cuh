@@ -75,15 +75,15 @@ __device__ __forceinline__ void select_digit(int* hist, int shift, uint32_t* s_p
   __syncthreads();
 }
 
-// The next digit, bits shift.. of the keys whose bits under `match` equal the prefix so
-// far: its histogram from the keys in shared memory, then the digit chosen.
-__device__ __forceinline__ void next_digit(const uint32_t* keys, int K, uint32_t match, int shift,
-                                           uint32_t digit_mask, int* hist, uint32_t* s_prefix,
-                                           int* s_remaining, int* s_warp_excl) {
-  const uint32_t prefix = *s_prefix;
+// The next digit, bits shift + bits - 1 .. shift, of the keys whose higher bits equal the
+// prefix so far: its histogram from the keys in shared memory, then the digit chosen.
+__device__ __forceinline__ void next_digit(const uint32_t* keys, int K, int shift, int bits,
+                                           int* hist, uint32_t* s_prefix, int* s_remaining,
+                                           int* s_warp_excl) {
+  const uint32_t prefix = *s_prefix, higher = ~0u << (shift + bits), digit = (1u << bits) - 1;
   for (int i = threadIdx.x; i < K; i += kSelectThreads) {
     const uint32_t kv = keys[i];
-    if ((kv & match) == prefix) atomicAdd(&hist[(kv >> shift) & digit_mask], 1);
+    if ((kv & higher) == prefix) atomicAdd(&hist[(kv >> shift) & digit], 1);
   }
   __syncthreads();
   select_digit(hist, shift, s_prefix, s_remaining, s_warp_excl);
@@ -169,8 +169,8 @@ topk_thresholds_kernel(const T* x, const float* __restrict__ scale,
   }
   __syncthreads();
   select_digit(hist, 20, &s_prefix, &s_remaining, s_warp_excl);
-  next_digit(keys, K, 0xfff00000u, 9, 0x7ffu, hist, &s_prefix, &s_remaining, s_warp_excl);
-  next_digit(keys, K, 0xfffffe00u, 0, 0x1ffu, hist, &s_prefix, &s_remaining, s_warp_excl);
+  next_digit(keys, K, 9, 11, hist, &s_prefix, &s_remaining, s_warp_excl);  // bits 19..9
+  next_digit(keys, K, 0, 9, hist, &s_prefix, &s_remaining, s_warp_excl);   // bits 8..0
   if (tid == 0) thr[m * S + s] = __uint_as_float(s_prefix);
 }
 
